@@ -1,0 +1,24 @@
+# One entry point for the local stack and the tests. `make help` lists the targets.
+.PHONY: help install up down status test lint
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+install: ## install the stack's components if missing (tansu, rivven-schema, prometheus, build deps)
+	scripts/stack.sh install
+
+up: ## install if needed, start broker, registry, PostgreSQL and Prometheus, wait until they answer
+	scripts/stack.sh up
+
+down: ## stop what `make up` started, and wait until it has exited
+	scripts/stack.sh down
+
+status: ## what answers on which port
+	scripts/stack.sh status
+
+test: up ## bring the stack up, then run every test (unit and integration)
+	cargo test --workspace --all-targets
+
+lint: ## formatting and clippy, as CI expects
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings

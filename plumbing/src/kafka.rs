@@ -1,0 +1,180 @@
+//! Kafka client configuration shared by both connectors, and topic creation.
+//!
+//! Every librdkafka property can be passed through (`KAFKA_PROPERTIES`), so users reach SASL_SSL
+//! clusters, tune batching or set a client id without a code change. The SASL password is the one
+//! secret and comes only from the environment or a file, never from the property list that could
+//! be logged.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::ClientConfig;
+use secrecy::{ExposeSecret, SecretString};
+
+/// Kafka connection options shared by both connectors.
+#[derive(Debug, Clone, Args)]
+pub struct KafkaArgs {
+    /// Kafka bootstrap servers, a comma-separated list of host:port.
+    #[arg(
+        long,
+        env = "KAFKA_BOOTSTRAP_SERVERS",
+        default_value = "127.0.0.1:19092"
+    )]
+    pub kafka_bootstrap_servers: String,
+
+    /// Extra librdkafka properties as comma-separated `key=value` pairs, e.g.
+    /// `security.protocol=SASL_SSL,sasl.mechanism=PLAIN,sasl.username=me`. They override the
+    /// connector's own settings, so use with care. Put the SASL password in KAFKA_SASL_PASSWORD.
+    #[arg(long, env = "KAFKA_PROPERTIES", value_delimiter = ',', value_parser = parse_property)]
+    pub kafka_properties: Vec<(String, String)>,
+
+    /// File holding the SASL password (`sasl.password`), read at start-up. The password can also
+    /// be given directly in the environment variable KAFKA_SASL_PASSWORD (never as a flag).
+    #[arg(long, env = "KAFKA_SASL_PASSWORD_FILE")]
+    pub kafka_sasl_password_file: Option<PathBuf>,
+
+    /// Partitions of topics the connector creates when they do not exist.
+    #[arg(long, env = "KAFKA_TOPIC_PARTITIONS", default_value_t = 6)]
+    pub kafka_topic_partitions: i32,
+
+    /// Replication factor of topics the connector creates when they do not exist.
+    #[arg(long, env = "KAFKA_TOPIC_REPLICATION", default_value_t = 1)]
+    pub kafka_topic_replication: i32,
+}
+
+fn parse_property(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}` is not a key=value librdkafka property"))?;
+    let k = k.trim();
+    if k.is_empty() {
+        return Err(format!("`{s}` has an empty property name"));
+    }
+    Ok((k.to_string(), v.trim().to_string()))
+}
+
+impl KafkaArgs {
+    /// A client configuration with the bootstrap servers, the SASL password if any, and the
+    /// user's properties on top of `defaults` (the connector's own settings).
+    pub fn client_config(&self, defaults: &[(&str, &str)]) -> anyhow::Result<ClientConfig> {
+        // Refused here rather than by the argument parser, whose error would echo the value.
+        if let Some((k, _)) = self.kafka_properties.iter().find(|(k, _)| is_secret(k)) {
+            bail!(
+                "`{k}` must not be set in KAFKA_PROPERTIES, which may be shown in logs: \
+                 use KAFKA_SASL_PASSWORD or KAFKA_SASL_PASSWORD_FILE"
+            );
+        }
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.kafka_bootstrap_servers);
+        for (k, v) in defaults {
+            config.set(*k, *v);
+        }
+        for (k, v) in &self.kafka_properties {
+            config.set(k, v);
+        }
+        if let Some(password) = self.sasl_password()? {
+            config.set("sasl.password", password.expose_secret());
+        }
+        Ok(config)
+    }
+
+    fn sasl_password(&self) -> anyhow::Result<Option<SecretString>> {
+        if let Some(path) = &self.kafka_sasl_password_file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading KAFKA_SASL_PASSWORD_FILE {}", path.display()))?;
+            return Ok(Some(SecretString::from(text.trim_end().to_string())));
+        }
+        Ok(std::env::var("KAFKA_SASL_PASSWORD")
+            .ok()
+            .map(SecretString::from))
+    }
+}
+
+fn is_secret(key: &str) -> bool {
+    key.ends_with("password") || key.ends_with("secret") || key.ends_with(".key.pem")
+}
+
+/// How a topic the connector owns should be created if missing.
+#[derive(Debug, Clone)]
+pub struct TopicSpec<'a> {
+    pub name: &'a str,
+    pub partitions: i32,
+    pub replication: i32,
+    /// Topic-level configs, e.g. `cleanup.policy=compact` for a state topic.
+    pub configs: HashMap<&'a str, &'a str>,
+}
+
+/// Creates each topic that does not exist yet; existing topics are left as they are. Brokers
+/// that do not auto-create topics on produce (tansu, and well-run production clusters) need this.
+pub async fn ensure_topics(config: &ClientConfig, topics: &[TopicSpec<'_>]) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> =
+        config.create().context("creating the Kafka admin client")?;
+    let new_topics: Vec<NewTopic> = topics
+        .iter()
+        .map(|t| {
+            let mut nt =
+                NewTopic::new(t.name, t.partitions, TopicReplication::Fixed(t.replication));
+            for (k, v) in &t.configs {
+                nt = nt.set(k, v);
+            }
+            nt
+        })
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = admin
+        .create_topics(new_topics.iter(), &opts)
+        .await
+        .context("asking the broker to create topics (is KAFKA_BOOTSTRAP_SERVERS right?)")?;
+    for result in results {
+        match result {
+            Ok(name) => tracing::info!(topic = %name, "Created topic"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => bail!("creating topic `{name}` failed: {code}"),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+    }
+
+    #[test]
+    fn properties_pass_through_and_override_defaults() {
+        let cli = Cli::try_parse_from([
+            "x",
+            "--kafka-properties",
+            "security.protocol=SASL_SSL, linger.ms=5",
+        ])
+        .unwrap();
+        let config = cli.kafka.client_config(&[("linger.ms", "100")]).unwrap();
+        assert_eq!(config.get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(config.get("linger.ms"), Some("5"));
+        assert_eq!(config.get("bootstrap.servers"), Some("127.0.0.1:19092"));
+    }
+
+    #[test]
+    fn password_is_refused_in_properties() {
+        let cli =
+            Cli::try_parse_from(["x", "--kafka-properties", "sasl.password=hunter2"]).unwrap();
+        let err = cli.kafka.client_config(&[]).unwrap_err().to_string();
+        assert!(err.contains("KAFKA_SASL_PASSWORD"), "{err}");
+        assert!(
+            !err.contains("hunter2"),
+            "the error echoes the secret: {err}"
+        );
+    }
+}

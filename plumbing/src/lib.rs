@@ -1,0 +1,19 @@
+//! Plumbing shared by the source and the sink connectors, so that neither binary carries a copy:
+//!
+//! - [`serve`]: the one HTTP port with `/metrics`, `/healthz` and `/readyz`;
+//! - [`readiness`]: what `/readyz` reports, set by the pipeline stages;
+//! - [`shutdown`]: the one cancellation signal fanned out to every loop;
+//! - [`kafka`]: librdkafka client configuration and topic creation;
+//! - [`registry`]: schema registry connection settings;
+//! - [`telemetry`]: tracing and the Prometheus recorder set-up;
+//! - [`testing`] (feature `testing`): the harness integration tests use to reach the local stack.
+
+pub mod kafka;
+pub mod readiness;
+pub mod registry;
+pub mod serve;
+pub mod shutdown;
+pub mod telemetry;
+
+#[cfg(feature = "testing")]
+pub mod testing;

@@ -1,0 +1,161 @@
+//! The harness integration tests use to reach the local stack started by `scripts/stack.sh`.
+//!
+//! Every test gets its own topic, consumer group and database, so tests run in parallel and in
+//! any order. Endpoints come from the environment, with the local stack's ports as defaults:
+//!
+//! | variable | default |
+//! | --- | --- |
+//! | `TEST_KAFKA_BOOTSTRAP` | `127.0.0.1:19092` |
+//! | `TEST_SCHEMA_REGISTRY_URL` | `http://127.0.0.1:18081` |
+//! | `TEST_DATABASE_URL` | read from `.stack/test.env`, written by `scripts/stack.sh up` |
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use rdkafka::ClientConfig;
+
+use crate::kafka::{ensure_topics, TopicSpec};
+
+/// The local stack's endpoints.
+#[derive(Debug, Clone)]
+pub struct Stack {
+    pub kafka_bootstrap: String,
+    pub registry_url: String,
+    /// A role that may create databases, connected to its own database.
+    pub database_url: String,
+}
+
+/// A fresh, empty database for one test.
+#[derive(Debug, Clone)]
+pub struct TestDatabase {
+    pub name: String,
+    pub url: String,
+}
+
+/// A name no other test uses: `prefix` plus 12 random hex digits.
+pub fn unique(prefix: &str) -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    format!("{prefix}{}", &id[..12])
+}
+
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("plumbing sits in the workspace")
+        .to_path_buf()
+}
+
+fn from_stack_env_file(key: &str) -> Option<String> {
+    let text = std::fs::read_to_string(workspace_root().join(".stack/test.env")).ok()?;
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .find(|(k, _)| k.trim() == key)
+        .map(|(_, v)| v.trim().to_string())
+}
+
+fn setting(key: &str, default: Option<&str>) -> anyhow::Result<String> {
+    std::env::var(key)
+        .ok()
+        .or_else(|| from_stack_env_file(key))
+        .or_else(|| default.map(str::to_string))
+        .with_context(|| {
+            format!("{key} is not set and .stack/test.env has none: run `make up` first")
+        })
+}
+
+impl Stack {
+    pub fn from_env() -> anyhow::Result<Self> {
+        Ok(Stack {
+            kafka_bootstrap: setting("TEST_KAFKA_BOOTSTRAP", Some("127.0.0.1:19092"))?,
+            registry_url: setting("TEST_SCHEMA_REGISTRY_URL", Some("http://127.0.0.1:18081"))?,
+            database_url: setting("TEST_DATABASE_URL", None)?,
+        })
+    }
+
+    /// Client config for this stack's broker with `extra` on top.
+    pub fn kafka_config(&self, extra: &[(&str, &str)]) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.kafka_bootstrap);
+        for (k, v) in extra {
+            c.set(*k, *v);
+        }
+        c
+    }
+
+    /// Creates a topic with a unique name and returns the name.
+    pub async fn create_topic(&self, partitions: i32) -> anyhow::Result<String> {
+        let name = unique("test-");
+        self.create_named_topic(&name, partitions, HashMap::new())
+            .await?;
+        Ok(name)
+    }
+
+    pub async fn create_named_topic(
+        &self,
+        name: &str,
+        partitions: i32,
+        configs: HashMap<&str, &str>,
+    ) -> anyhow::Result<()> {
+        let spec = TopicSpec {
+            name,
+            partitions,
+            replication: 1,
+            configs,
+        };
+        ensure_topics(&self.kafka_config(&[]), &[spec]).await
+    }
+
+    /// Creates an empty database with a unique name, owned by the stack's role.
+    pub async fn create_database(&self) -> anyhow::Result<TestDatabase> {
+        let name = unique("test_");
+        let (client, conn) = tokio_postgres::connect(&self.database_url, tokio_postgres::NoTls)
+            .await
+            .context("connecting to the stack's PostgreSQL (is `make up` done?)")?;
+        tokio::spawn(conn);
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .with_context(|| format!("creating database {name}"))?;
+        Ok(TestDatabase {
+            url: with_database(&self.database_url, &name),
+            name,
+        })
+    }
+}
+
+/// `url` with its database path replaced by `db`, keeping credentials and query parameters.
+pub fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let authority_end = base
+        .find("://")
+        .map(|i| i + 3)
+        .and_then(|start| base[start..].find('/').map(|j| start + j))
+        .unwrap_or(base.len());
+    let mut out = format!("{}/{db}", &base[..authority_end]);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_is_swapped_in_urls() {
+        assert_eq!(
+            with_database(
+                "postgres://u:p@127.0.0.1:5432/trending?sslmode=disable",
+                "t1"
+            ),
+            "postgres://u:p@127.0.0.1:5432/t1?sslmode=disable"
+        );
+        assert_eq!(with_database("postgres://h", "t2"), "postgres://h/t2");
+    }
+}

@@ -1,0 +1,47 @@
+//! Database migrations: the SQL files of the workspace's `migrations/` folder, embedded at build
+//! time and applied in version order by refinery, which records them in
+//! `refinery_schema_history`.
+//!
+//! Several sink instances may start at once: each takes a PostgreSQL advisory lock (session
+//! level, on the migrating connection) before migrating, so one applies the migrations and the
+//! others then find nothing left to do.
+
+use tokio_postgres::Client;
+
+mod embedded {
+    refinery::embed_migrations!("../migrations");
+}
+
+/// Key of the advisory lock serialising migrations (any constant unique to this application).
+const MIGRATION_LOCK_KEY: i64 = 0x7974_7472_656e_6431; // "yttrend1"
+
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error("taking the migration lock: {0}")]
+    Lock(#[source] tokio_postgres::Error),
+    #[error("applying migrations: {0}")]
+    Apply(#[source] refinery::Error),
+}
+
+/// Applies every migration not yet applied; returns the versions applied by this call.
+pub async fn run(client: &mut Client) -> Result<Vec<i32>, MigrateError> {
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
+        .await
+        .map_err(MigrateError::Lock)?;
+    let result = embedded::migrations::runner().run_async(client).await;
+    // Released even when migrating failed; the session ending would release it too.
+    let _ = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY])
+        .await;
+    let report = result.map_err(MigrateError::Apply)?;
+    let applied: Vec<i32> = report
+        .applied_migrations()
+        .iter()
+        .map(|m| m.version())
+        .collect();
+    for m in report.applied_migrations() {
+        tracing::info!(version = m.version(), name = m.name(), "Applied migration");
+    }
+    Ok(applied)
+}
