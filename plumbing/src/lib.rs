@@ -1,5 +1,6 @@
 //! Plumbing shared by the source and the sink connectors, so that neither binary carries a copy:
 //!
+//! - [`backoff`]: capped exponential backoff with jitter, and the duration syntax of configs;
 //! - [`serve`]: the one HTTP port with `/metrics`, `/healthz` and `/readyz`;
 //! - [`readiness`]: what `/readyz` reports, set by the pipeline stages;
 //! - [`shutdown`]: the one cancellation signal fanned out to every loop;
@@ -8,6 +9,7 @@
 //! - [`telemetry`]: tracing and the Prometheus recorder set-up;
 //! - [`testing`] (feature `testing`): the harness integration tests use to reach the local stack.
 
+pub mod backoff;
 pub mod kafka;
 pub mod readiness;
 pub mod registry;

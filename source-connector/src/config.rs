@@ -1,21 +1,100 @@
 //! Configuration of the source connector: environment variables, also settable as flags.
+//! Every field's doc comment is its `--help` text and its README entry.
 
-use clap::Parser;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, ValueEnum};
+use plumbing::backoff::parse_duration;
 use plumbing::kafka::KafkaArgs;
 use plumbing::registry::RegistryArgs;
 use plumbing::telemetry::LogArgs;
+use secrecy::SecretString;
 
-/// Polls YouTube's most-popular charts and publishes each video as an Avro record to Kafka.
+/// Polls YouTube's most-popular charts (one per region) and publishes each video as an Avro
+/// record to Kafka.
+///
+/// The API key is read from the environment variable YOUTUBE_API_KEY or from the file named by
+/// YOUTUBE_API_KEY_FILE; it is never accepted as a flag, and never logged.
 #[derive(Debug, Clone, Parser)]
-#[command(version, about)]
+#[command(version, about, long_about)]
 pub struct Config {
-    /// Kafka topic the records are published to.
+    /// Regions whose chart is polled: comma-separated ISO 3166-1 alpha-2 codes.
+    #[arg(
+        long,
+        env = "YOUTUBE_REGIONS",
+        value_delimiter = ',',
+        default_value = "FR"
+    )]
+    pub regions: Vec<String>,
+
+    /// Time between two successful polls of a region, e.g. `30m`, `1h`, `90s`.
+    #[arg(long, env = "POLL_INTERVAL", default_value = "30m", value_parser = parse_duration)]
+    pub poll_interval: Duration,
+
+    /// Poll every region once, publish, and exit: 0 if every region succeeded, 1 otherwise.
+    /// For external schedulers (cron, Airflow). The schedule state is still read and written.
+    #[arg(long)]
+    pub once: bool,
+
+    /// Base URL of the YouTube Data API v3 (override for a proxy or a stand-in).
+    #[arg(
+        long,
+        env = "YOUTUBE_API_BASE_URL",
+        default_value = "https://www.googleapis.com/youtube/v3"
+    )]
+    pub api_base_url: String,
+
+    /// File holding the API key (alternative to the YOUTUBE_API_KEY variable).
+    #[arg(long, env = "YOUTUBE_API_KEY_FILE")]
+    pub api_key_file: Option<PathBuf>,
+
+    /// How the key is sent: `query` (the documented `key` parameter) or `header`
+    /// (`x-goog-api-key`, which keeps it out of proxies' URL logs).
+    #[arg(long, env = "YOUTUBE_API_KEY_IN", value_enum, default_value_t = KeyPlacement::Query)]
+    pub api_key_in: KeyPlacement,
+
+    /// Timeout of one API request, e.g. `10s`.
+    #[arg(long, env = "YOUTUBE_API_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub api_timeout: Duration,
+
+    /// Attempts of one API request on transient errors (network, timeout, 5xx, 429, malformed
+    /// body) before the poll is given up and retried whole later.
+    #[arg(long, env = "YOUTUBE_API_MAX_ATTEMPTS", default_value_t = 4)]
+    pub api_max_attempts: u32,
+
+    /// First delay between retries; it doubles up to RETRY_MAX_BACKOFF, with jitter.
+    #[arg(long, env = "RETRY_INITIAL_BACKOFF", default_value = "1s", value_parser = parse_duration)]
+    pub retry_initial_backoff: Duration,
+
+    /// Cap of the delay between retries (of a request, and of a failed poll).
+    #[arg(long, env = "RETRY_MAX_BACKOFF", default_value = "5m", value_parser = parse_duration)]
+    pub retry_max_backoff: Duration,
+
+    /// Kafka topic the records are published to (created if missing).
     #[arg(long, env = "KAFKA_TOPIC", default_value = "youtube_trending")]
     pub topic: String,
 
+    /// Compacted topic holding the time of each region's last successful poll, so a restart
+    /// does not re-poll too early (default: `<KAFKA_TOPIC>.source-state`).
+    #[arg(long, env = "SOURCE_STATE_TOPIC")]
+    pub state_topic: Option<String>,
+
+    /// How long a whole poll may wait for the broker to acknowledge its records before it is
+    /// failed and retried, e.g. `60s`.
+    #[arg(long, env = "PRODUCE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub produce_timeout: Duration,
+
+    /// Time given to a poll in flight to finish after SIGTERM before it is abandoned (it is
+    /// then redone whole after restart).
+    #[arg(long, env = "SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
     /// Address of the HTTP port serving /metrics, /healthz and /readyz.
     #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:9101")]
-    pub http_addr: std::net::SocketAddr,
+    pub http_addr: SocketAddr,
 
     #[command(flatten)]
     pub kafka: KafkaArgs,
@@ -27,17 +106,93 @@ pub struct Config {
     pub log: LogArgs,
 }
 
+/// Where the API key goes in each request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KeyPlacement {
+    Query,
+    Header,
+}
+
+impl Config {
+    /// Checks what clap cannot, and normalises region codes to upper case.
+    pub fn validate(mut self) -> anyhow::Result<Self> {
+        for r in &mut self.regions {
+            *r = r.trim().to_ascii_uppercase();
+            if r.len() != 2 || !r.bytes().all(|b| b.is_ascii_alphabetic()) {
+                bail!("YOUTUBE_REGIONS: `{r}` is not an ISO 3166-1 alpha-2 code such as FR or US");
+            }
+        }
+        self.regions.dedup();
+        if self.regions.is_empty() {
+            bail!("YOUTUBE_REGIONS is empty: name at least one region, e.g. FR");
+        }
+        if self.poll_interval < Duration::from_secs(1) {
+            bail!("POLL_INTERVAL must be at least 1s");
+        }
+        if self.api_max_attempts == 0 {
+            bail!("YOUTUBE_API_MAX_ATTEMPTS must be at least 1");
+        }
+        Ok(self)
+    }
+
+    pub fn state_topic(&self) -> String {
+        self.state_topic
+            .clone()
+            .unwrap_or_else(|| format!("{}.source-state", self.topic))
+    }
+
+    /// The API key, from YOUTUBE_API_KEY_FILE or YOUTUBE_API_KEY.
+    pub fn api_key(&self) -> anyhow::Result<SecretString> {
+        let key = match &self.api_key_file {
+            Some(path) => std::fs::read_to_string(path)
+                .with_context(|| format!("reading YOUTUBE_API_KEY_FILE {}", path.display()))?
+                .trim()
+                .to_string(),
+            None => std::env::var("YOUTUBE_API_KEY").unwrap_or_default(),
+        };
+        if key.is_empty() {
+            bail!(
+                "no YouTube API key: set YOUTUBE_API_KEY or YOUTUBE_API_KEY_FILE \
+                 (create one in the Google Cloud console, with the YouTube Data API v3 enabled)"
+            );
+        }
+        Ok(SecretString::from(key))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn defaults_parse_and_flags_override() {
-        let c = Config::try_parse_from(["x"]).unwrap();
-        assert_eq!(c.topic, "youtube_trending");
-        let c =
-            Config::try_parse_from(["x", "--topic", "t2", "--http-addr", "127.0.0.1:0"]).unwrap();
-        assert_eq!(c.topic, "t2");
-        assert_eq!(c.http_addr.port(), 0);
+        let c = Config::try_parse_from(["x"]).unwrap().validate().unwrap();
+        assert_eq!(c.regions, vec!["FR"]);
+        assert_eq!(c.poll_interval, Duration::from_secs(1800));
+        assert_eq!(c.state_topic(), "youtube_trending.source-state");
+        let c = Config::try_parse_from([
+            "x",
+            "--regions",
+            "fr,US, jp",
+            "--poll-interval",
+            "90s",
+            "--topic",
+            "t2",
+        ])
+        .unwrap()
+        .validate()
+        .unwrap();
+        assert_eq!(c.regions, vec!["FR", "US", "JP"]);
+        assert_eq!(c.poll_interval, Duration::from_secs(90));
+        assert_eq!(c.state_topic(), "t2.source-state");
+    }
+
+    #[test]
+    fn bad_regions_are_refused_with_a_hint() {
+        let err = Config::try_parse_from(["x", "--regions", "France"])
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().contains("alpha-2"));
     }
 }

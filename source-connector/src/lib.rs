@@ -1,5 +1,200 @@
 //! The source connector: YouTube Data API v3 `videos.list?chart=mostPopular` → Avro → Kafka.
 //!
-//! Stages, one module each (being built): `config`, `youtube`, `schedule`, `record`, `produce`.
+//! Stages, one module each, in data-flow order:
+//! [`config`] → [`youtube`] (API client and response types) → [`record`] (mapping to the
+//! TrendingVideo record) → [`produce`] (registry + idempotent producer) → [`state`] (last
+//! successful poll per region), driven by [`schedule`] (one loop per region). [`events`] is what
+//! it tells operators (logs and metrics together).
 
 pub mod config;
+pub mod events;
+pub mod produce;
+pub mod record;
+pub mod schedule;
+pub mod state;
+pub mod youtube;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use anyhow::Context;
+use chrono::Utc;
+use plumbing::backoff::Backoff;
+use plumbing::kafka::{ensure_topics, TopicSpec};
+use plumbing::readiness::Readiness;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::events::BootRetrying;
+use crate::produce::Publisher;
+use crate::schedule::{first_due, Poller, RegionEnd, RegionLoop};
+
+/// The dependencies `/readyz` reports on.
+pub const READINESS_CHECKS: &[&str] = &["kafka", "schema_registry", "youtube_api"];
+
+/// Runs the connector until `shutdown` (or, with `--once`, until every region was polled).
+/// Returns whether every region succeeded (meaningful with `--once`).
+pub async fn run(
+    config: Config,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) -> anyhow::Result<bool> {
+    let key = config.api_key()?;
+    let client = youtube::Client::new(&config, key).context("building the HTTP client")?;
+    let producer = Publisher::producer(&config.kafka, config.produce_timeout)
+        .context("creating the Kafka producer")?;
+    let backoff = Backoff::new(config.retry_initial_backoff, config.retry_max_backoff);
+    let state_topic = config.state_topic();
+
+    // Start-up: each step is retried while its dependency is away (the connector serves
+    // /healthz meanwhile and /readyz says what is missing); a refused schema is fatal.
+    let topics = [
+        TopicSpec {
+            name: &config.topic,
+            partitions: config.kafka.kafka_topic_partitions,
+            replication: config.kafka.kafka_topic_replication,
+            configs: HashMap::new(),
+        },
+        TopicSpec {
+            name: &state_topic,
+            partitions: 1,
+            replication: config.kafka.kafka_topic_replication,
+            configs: HashMap::from([("cleanup.policy", "compact")]),
+        },
+    ];
+    let kafka_config = config.kafka.client_config(&[])?;
+    let boot = async {
+        retry_boot("create_topics", &backoff, &readiness, "kafka", || {
+            ensure_topics(&kafka_config, &topics)
+        })
+        .await;
+        let registered = retry_boot_fallible(&backoff, &readiness, || {
+            Publisher::register(
+                producer.clone(),
+                &config.registry.schema_registry_url,
+                &config.topic,
+                config.produce_timeout,
+            )
+        })
+        .await?;
+        let last = retry_boot("load_state", &backoff, &readiness, "kafka", || {
+            state::load(&config.kafka, &state_topic)
+        })
+        .await;
+        anyhow::Ok((registered, last))
+    };
+    let ((publisher, schema_id), last) = tokio::select! {
+        r = boot => r?,
+        _ = shutdown.cancelled() => return Ok(true),
+    };
+    readiness.set_ready("kafka");
+    readiness.set_ready("schema_registry");
+    tracing::info!(topic = %config.topic, schema_id, regions = ?config.regions,
+        interval_s = config.poll_interval.as_secs(), "Source connector started");
+
+    let poller = Arc::new(Poller::new(
+        client,
+        publisher,
+        state_topic,
+        config.produce_timeout,
+        readiness,
+    ));
+    let now = Utc::now();
+    let mut tasks = JoinSet::new();
+    for region in &config.regions {
+        let due = if config.once {
+            now
+        } else {
+            first_due(last.get(region), config.poll_interval, now)
+        };
+        let region_loop = RegionLoop {
+            region: region.clone(),
+            interval: config.poll_interval,
+            backoff,
+            once: config.once,
+            shutdown_grace: config.shutdown_grace,
+        };
+        tasks.spawn(region_loop.run(poller.clone(), due, shutdown.clone()));
+    }
+    let mut all_ok = true;
+    while let Some(end) = tasks.join_next().await {
+        all_ok &= end.context("a region loop panicked")? == RegionEnd::Done;
+    }
+    poller.publisher.flush(std::time::Duration::from_secs(5));
+    if config.once {
+        return Ok(all_ok);
+    }
+    // Every region is parked (rejected key, no chart): keep serving /metrics and a failing
+    // /readyz so the operator sees why, until told to stop.
+    if !shutdown.is_cancelled() {
+        tracing::error!("No region is being polled any more; waiting for shutdown");
+        shutdown.cancelled().await;
+    }
+    Ok(true)
+}
+
+/// Retries a start-up step until it succeeds, with backoff, reporting `check` not ready.
+async fn retry_boot<T, E, F, Fut>(
+    step: &'static str,
+    backoff: &Backoff,
+    readiness: &Readiness,
+    check: &'static str,
+    mut f: F,
+) -> T
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut attempt = 0;
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(e) => {
+                let shown = format!("{e:#}");
+                readiness.set_not_ready(check, shown.clone());
+                let delay = backoff.delay(attempt);
+                BootRetrying {
+                    step,
+                    error: &shown,
+                    delay,
+                }
+                .emit();
+                tokio::time::sleep(delay).await;
+                attempt += 1;
+            }
+        }
+    }
+}
+
+/// Schema registration: retried while the registry is away, fatal when it refuses the schema.
+async fn retry_boot_fallible<T, F, Fut>(
+    backoff: &Backoff,
+    readiness: &Readiness,
+    mut f: F,
+) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, produce::ProduceError>>,
+{
+    let mut attempt = 0;
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) if !e.is_retriable() => return Err(e.into()),
+            Err(e) => {
+                readiness.set_not_ready("schema_registry", e.to_string());
+                let delay = backoff.delay(attempt);
+                BootRetrying {
+                    step: "register_schema",
+                    error: &e,
+                    delay,
+                }
+                .emit();
+                tokio::time::sleep(delay).await;
+                attempt += 1;
+            }
+        }
+    }
+}

@@ -1,0 +1,78 @@
+//! Capped exponential backoff with jitter, used by every retry loop of both connectors, and the
+//! duration syntax of their configuration.
+
+use std::time::Duration;
+
+/// `initial`, doubled at each attempt up to `max`; each delay is drawn uniformly from its upper
+/// half so that instances retrying together spread out.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+impl Backoff {
+    pub fn new(initial: Duration, max: Duration) -> Self {
+        Backoff {
+            initial,
+            max: max.max(initial),
+        }
+    }
+
+    /// Delay before retry number `attempt` (0 for the first retry).
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let ceiling = self
+            .initial
+            .saturating_mul(1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX))
+            .min(self.max);
+        let half = ceiling / 2;
+        let jitter_ms = fastrand::u64(0..=half.as_millis().max(1) as u64);
+        half + Duration::from_millis(jitter_ms)
+    }
+}
+
+/// Parses `500ms`, `90s`, `30m`, `2h` or `1d`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("`{s}` has no unit: write e.g. 500ms, 30s, 30m or 2h"))?;
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("`{s}` does not start with a number"))?;
+    let secs = match unit {
+        "ms" => return Ok(Duration::from_millis(n)),
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(format!("`{unit}` is not a unit: use ms, s, m, h or d")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_grow_then_stay_under_the_cap() {
+        let b = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+        for attempt in 0..40 {
+            let ceiling = Duration::from_secs(1u64 << attempt.min(6)).min(Duration::from_secs(60));
+            let d = b.delay(attempt);
+            assert!(d >= ceiling / 2 && d <= ceiling, "attempt {attempt}: {d:?}");
+        }
+    }
+
+    #[test]
+    fn durations_parse_with_units_only() {
+        assert!(parse_duration("30").unwrap_err().contains("unit"));
+        assert!(parse_duration("3w").is_err());
+        assert!(parse_duration("m").is_err());
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+    }
+}

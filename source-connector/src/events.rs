@@ -1,0 +1,168 @@
+//! Everything the source connector tells operators, as typed events: each `emit()` writes the
+//! log line and updates the metrics together, so the two never disagree. Call sites never touch
+//! `metrics` directly. Metric names are listed in the README ("Metrics").
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use metrics::{counter, gauge, histogram};
+
+use crate::youtube::{ApiError, Endpoint};
+
+/// One HTTP call to the API (each costs 1 quota unit, even when it fails).
+pub struct ApiCalled<'a> {
+    pub endpoint: Endpoint,
+    pub region: &'a str,
+    /// `None` when no response came back (network error, timeout).
+    pub status: Option<u16>,
+}
+
+impl ApiCalled<'_> {
+    pub fn emit(&self) {
+        let status = self
+            .status
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "none".into());
+        tracing::debug!(endpoint = self.endpoint.as_str(), region = self.region, %status, "API call");
+        counter!("source_api_requests_total", "endpoint" => self.endpoint.as_str(), "status" => status)
+            .increment(1);
+        counter!("source_api_quota_units_total", "region" => self.region.to_string()).increment(1);
+        let today = quota_day(Utc::now());
+        let mut spent = QUOTA_TODAY.lock().expect("quota lock");
+        let entry = spent.entry(self.region.to_string()).or_insert((today, 0));
+        if entry.0 != today {
+            *entry = (today, 0);
+        }
+        entry.1 += 1;
+        gauge!("source_api_quota_units_today", "region" => self.region.to_string())
+            .set(entry.1 as f64);
+    }
+}
+
+/// Units spent per region on the current quota day (which starts at midnight Pacific time).
+static QUOTA_TODAY: Mutex<BTreeMap<String, (chrono::NaiveDate, u64)>> = Mutex::new(BTreeMap::new());
+
+/// The quota day `at` falls in: YouTube resets quotas at midnight America/Los_Angeles.
+pub fn quota_day(at: DateTime<Utc>) -> chrono::NaiveDate {
+    at.with_timezone(&chrono_tz::America::Los_Angeles)
+        .date_naive()
+}
+
+/// A transient API failure that will be retried.
+pub struct ApiRetrying<'a> {
+    pub endpoint: Endpoint,
+    pub region: &'a str,
+    pub error: &'a ApiError,
+    pub attempt: u32,
+    pub delay: Duration,
+}
+
+impl ApiRetrying<'_> {
+    pub fn emit(&self) {
+        tracing::warn!(
+            endpoint = self.endpoint.as_str(),
+            region = self.region,
+            attempt = self.attempt,
+            retry_in_ms = self.delay.as_millis() as u64,
+            error = %self.error,
+            "API call failed, retrying"
+        );
+        counter!("source_api_retries_total", "endpoint" => self.endpoint.as_str(), "reason" => self.error.kind())
+            .increment(1);
+    }
+}
+
+/// A region's chart was read whole and every record acknowledged by the broker.
+pub struct PollCompleted<'a> {
+    pub region: &'a str,
+    pub videos: usize,
+    pub fetched_at: DateTime<Utc>,
+    pub duration: Duration,
+}
+
+impl PollCompleted<'_> {
+    pub fn emit(&self) {
+        tracing::info!(
+            region = self.region,
+            videos = self.videos,
+            fetched_at = %self.fetched_at,
+            duration_ms = self.duration.as_millis() as u64,
+            "Poll published"
+        );
+        let region = self.region.to_string();
+        counter!("source_polls_total", "region" => region.clone(), "outcome" => "success")
+            .increment(1);
+        histogram!("source_poll_duration_seconds", "region" => region.clone())
+            .record(self.duration.as_secs_f64());
+        counter!("source_videos_published_total", "region" => region.clone())
+            .increment(self.videos as u64);
+        gauge!("source_last_success_timestamp_seconds", "region" => region)
+            .set(self.fetched_at.timestamp_millis() as f64 / 1000.0);
+    }
+}
+
+/// A poll failed; what happens next is in `next`.
+pub struct PollFailed<'a> {
+    pub region: &'a str,
+    /// Bounded label: an `ApiError::kind`, `produce`, `encode` or `state`.
+    pub kind: &'static str,
+    pub error: &'a dyn std::fmt::Display,
+    pub next: NextStep,
+}
+
+/// What the scheduler does after a failed poll.
+#[derive(Debug, Clone, Copy)]
+pub enum NextStep {
+    RetryIn(Duration),
+    WaitForQuotaReset(DateTime<Utc>),
+    /// The region is not polled again until restart (key rejected, no chart for the region).
+    Parked,
+    /// `--once`: the run ends with a failure.
+    GiveUp,
+}
+
+impl PollFailed<'_> {
+    pub fn emit(&self) {
+        counter!("source_polls_total", "region" => self.region.to_string(), "outcome" => self.kind)
+            .increment(1);
+        match self.next {
+            NextStep::RetryIn(d) => tracing::warn!(
+                region = self.region, kind = self.kind, error = %self.error,
+                retry_in_s = d.as_secs(),
+                "Poll failed, nothing of it was published; retrying the whole poll"
+            ),
+            NextStep::WaitForQuotaReset(at) => tracing::error!(
+                region = self.region, error = %self.error, resumes_at = %at,
+                "Daily API quota spent; waiting for the reset at midnight America/Los_Angeles"
+            ),
+            NextStep::Parked => tracing::error!(
+                region = self.region, kind = self.kind, error = %self.error,
+                "Region not polled again until restart"
+            ),
+            NextStep::GiveUp => tracing::error!(
+                region = self.region, kind = self.kind, error = %self.error,
+                "Poll failed"
+            ),
+        }
+        if matches!(self.kind, "produce" | "encode") {
+            counter!("source_produce_errors_total").increment(1);
+        }
+    }
+}
+
+/// A start-up step (topics, schema registration, state) failed and will be retried.
+pub struct BootRetrying<'a> {
+    pub step: &'static str,
+    pub error: &'a dyn std::fmt::Display,
+    pub delay: Duration,
+}
+
+impl BootRetrying<'_> {
+    pub fn emit(&self) {
+        tracing::warn!(step = self.step, error = %self.error, retry_in_ms = self.delay.as_millis() as u64,
+            "Start-up step failed, retrying");
+        counter!("source_boot_retries_total", "step" => self.step).increment(1);
+    }
+}

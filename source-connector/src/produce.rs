@@ -1,0 +1,156 @@
+//! Publishing: the schema is registered under `<topic>-value` at start-up, each record is
+//! encoded in the Confluent wire format by schema_registry_converter, and a poll's records are
+//! sent by an idempotent producer with `acks=all`. [`Publisher::publish`] returns only when
+//! every record of the poll is acknowledged by the broker, or fails as a whole: the caller then
+//! redoes the poll whole (duplicates are harmless downstream, loss is not).
+
+use std::time::Duration;
+
+use futures::future::try_join_all;
+use plumbing::kafka::KafkaArgs;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use schema_registry_converter::async_impl::avro::AvroEncoder;
+use schema_registry_converter::async_impl::schema_registry::{post_schema, SrSettings};
+use schema_registry_converter::avro_common::get_supplied_schema;
+use schema_registry_converter::error::SRCError;
+use schema_registry_converter::schema_registry_common::SubjectNameStrategy;
+use schemas::TrendingVideo;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProduceError {
+    #[error(
+        "the schema registry refused the TrendingVideo schema for subject `{subject}`: {detail}. \
+             The schema in schemas/avro must stay BACKWARD compatible with the registered versions"
+    )]
+    SchemaRejected { subject: String, detail: String },
+    #[error("the schema registry is unreachable or failing: {0}")]
+    Registry(String),
+    #[error("encoding a record failed: {0}")]
+    Encode(String),
+    #[error("the broker did not acknowledge every record of the poll: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("the broker did not acknowledge every record within {0:?}")]
+    Timeout(Duration),
+}
+
+impl ProduceError {
+    /// Everything but a refused schema may succeed later.
+    pub fn is_retriable(&self) -> bool {
+        !matches!(self, ProduceError::SchemaRejected { .. })
+    }
+}
+
+fn registry_error(subject: &str, e: SRCError) -> ProduceError {
+    let detail = match &e.cause {
+        Some(cause) => format!("{}: {cause}", e.error),
+        None => e.error.clone(),
+    };
+    // 409 is the registry's "incompatible"; 422 an invalid schema. Both are permanent.
+    if detail.contains("409") || detail.contains("422") {
+        ProduceError::SchemaRejected {
+            subject: subject.to_string(),
+            detail,
+        }
+    } else {
+        ProduceError::Registry(detail)
+    }
+}
+
+pub struct Publisher {
+    producer: FutureProducer,
+    encoder: AvroEncoder<'static>,
+    strategy: SubjectNameStrategy,
+    topic: String,
+    timeout: Duration,
+}
+
+impl Publisher {
+    /// The idempotent producer. Creating it does not contact the broker.
+    pub fn producer(kafka: &KafkaArgs, timeout: Duration) -> anyhow::Result<FutureProducer> {
+        let timeout_ms = timeout.as_millis().to_string();
+        let producer = kafka
+            .client_config(&[
+                ("enable.idempotence", "true"),
+                ("acks", "all"),
+                ("compression.type", "lz4"),
+                ("linger.ms", "20"),
+                ("message.timeout.ms", &timeout_ms),
+            ])?
+            .create()?;
+        Ok(producer)
+    }
+
+    /// Registers the schema under `<topic>-value`; fails with [`ProduceError::SchemaRejected`]
+    /// when the registry finds it incompatible with the subject's latest version.
+    pub async fn register(
+        producer: FutureProducer,
+        registry_url: &str,
+        topic: &str,
+        timeout: Duration,
+    ) -> Result<(Self, u32), ProduceError> {
+        let settings = SrSettings::new(registry_url.to_string());
+        let subject = format!("{topic}-value");
+        let supplied = get_supplied_schema(schemas::schema());
+        let registered = post_schema(&settings, subject.clone(), supplied.clone())
+            .await
+            .map_err(|e| registry_error(&subject, e))?;
+        let publisher = Publisher {
+            producer,
+            encoder: AvroEncoder::new(settings),
+            strategy: SubjectNameStrategy::TopicNameStrategyWithSchema(
+                topic.to_string(),
+                false,
+                supplied,
+            ),
+            topic: topic.to_string(),
+            timeout,
+        };
+        Ok((publisher, registered.id))
+    }
+
+    /// Encodes and sends every record, keyed by video id, and waits until the broker has
+    /// acknowledged all of them.
+    pub async fn publish(&self, records: &[TrendingVideo]) -> Result<(), ProduceError> {
+        let mut encoded = Vec::with_capacity(records.len());
+        for r in records {
+            let bytes = self
+                .encoder
+                .encode_value(r.to_avro(), &self.strategy)
+                .await
+                .map_err(|e| {
+                    let subject = format!("{}-value", self.topic);
+                    match registry_error(&subject, e) {
+                        ProduceError::Registry(d) => ProduceError::Encode(d),
+                        other => other,
+                    }
+                })?;
+            encoded.push((r.video_id.as_str(), bytes));
+        }
+        let sends = encoded.iter().map(|(key, value)| async move {
+            self.producer
+                .send(
+                    FutureRecord::to(&self.topic).key(*key).payload(value),
+                    self.timeout,
+                )
+                .await
+                .map(|_| ())
+                .map_err(|(e, _)| ProduceError::Kafka(e))
+        });
+        tokio::time::timeout(self.timeout, try_join_all(sends))
+            .await
+            .map_err(|_| ProduceError::Timeout(self.timeout))??;
+        Ok(())
+    }
+
+    /// Waits for anything still queued in the producer, at shutdown.
+    pub fn flush(&self, timeout: Duration) {
+        if let Err(e) = self.producer.flush(timeout) {
+            tracing::warn!(error = %e, "Producer flush at shutdown did not complete");
+        }
+    }
+
+    pub fn producer_handle(&self) -> &FutureProducer {
+        &self.producer
+    }
+}

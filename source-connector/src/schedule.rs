@@ -1,0 +1,320 @@
+//! The schedule: one independent loop per region, so a failing region never delays another.
+//!
+//! A region is polled at start unless its last successful poll (from the state topic) is less
+//! than one interval old, then every `POLL_INTERVAL` after the start of its last successful
+//! poll. A poll is all or nothing: categories and every page are read, every record is
+//! acknowledged by the broker, and only then is the success recorded. A failed poll publishes
+//! nothing new that counts: it is redone whole after a backoff, after the quota reset, or never
+//! (a rejected key or a region without a chart) as its error says.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use plumbing::backoff::Backoff;
+use plumbing::readiness::Readiness;
+use tokio_util::sync::CancellationToken;
+
+use crate::events::{NextStep, PollCompleted, PollFailed};
+use crate::produce::{ProduceError, Publisher};
+use crate::record::chart_records;
+use crate::state::{self, RegionState};
+use crate::youtube::{ApiError, Client};
+
+/// Categories are refetched once a day per region.
+const CATEGORIES_TTL: Duration = Duration::from_secs(24 * 3600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum PollError {
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    #[error(transparent)]
+    Produce(#[from] ProduceError),
+    #[error("{0:#}")]
+    State(anyhow::Error),
+}
+
+impl PollError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PollError::Api(e) => e.kind(),
+            PollError::Produce(ProduceError::Encode(_)) => "encode",
+            PollError::Produce(_) => "produce",
+            PollError::State(_) => "state",
+        }
+    }
+}
+
+/// Category id → name of one region, as fetched at one time.
+type Categories = Arc<HashMap<String, String>>;
+
+/// What every region's loop shares.
+pub struct Poller {
+    pub client: Client,
+    pub publisher: Publisher,
+    pub state_topic: String,
+    pub produce_timeout: Duration,
+    pub readiness: Readiness,
+    categories: Mutex<HashMap<String, (Instant, Categories)>>,
+}
+
+impl Poller {
+    pub fn new(
+        client: Client,
+        publisher: Publisher,
+        state_topic: String,
+        produce_timeout: Duration,
+        readiness: Readiness,
+    ) -> Self {
+        Poller {
+            client,
+            publisher,
+            state_topic,
+            produce_timeout,
+            readiness,
+            categories: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// One whole poll of one region; returns how many videos were published.
+    pub async fn poll(&self, region: &str, fetched_at: DateTime<Utc>) -> Result<usize, PollError> {
+        let started = Instant::now();
+        let categories = self.categories(region).await?;
+        let videos = self.client.chart(region).await?;
+        self.readiness.set_ready("youtube_api");
+        let records = chart_records(videos, region, fetched_at, &categories);
+        self.publisher.publish(&records).await?;
+        let saved = RegionState {
+            region: region.to_string(),
+            last_success_at: fetched_at,
+            videos: records.len(),
+        };
+        state::save(
+            self.publisher.producer_handle(),
+            &self.state_topic,
+            &saved,
+            self.produce_timeout,
+        )
+        .await
+        .map_err(PollError::State)?;
+        self.readiness.set_ready("kafka");
+        PollCompleted {
+            region,
+            videos: records.len(),
+            fetched_at,
+            duration: started.elapsed(),
+        }
+        .emit();
+        Ok(records.len())
+    }
+
+    async fn categories(&self, region: &str) -> Result<Categories, ApiError> {
+        if let Some((at, cats)) = self.categories.lock().expect("cache lock").get(region) {
+            if at.elapsed() < CATEGORIES_TTL {
+                return Ok(cats.clone());
+            }
+        }
+        let cats = Arc::new(self.client.categories(region).await?);
+        self.categories
+            .lock()
+            .expect("cache lock")
+            .insert(region.to_string(), (Instant::now(), cats.clone()));
+        Ok(cats)
+    }
+
+    /// What to do after a failed poll (the `failures`-th in a row).
+    fn next_step(
+        &self,
+        error: &PollError,
+        failures: u32,
+        backoff: &Backoff,
+        once: bool,
+    ) -> NextStep {
+        match error {
+            PollError::Api(ApiError::KeyRejected { .. } | ApiError::Rejected { .. }) => {
+                self.readiness
+                    .set_not_ready("youtube_api", error.to_string());
+            }
+            PollError::Produce(_) | PollError::State(_) => {
+                self.readiness.set_not_ready("kafka", error.to_string());
+            }
+            _ => {}
+        }
+        if once {
+            return NextStep::GiveUp;
+        }
+        match error {
+            PollError::Api(ApiError::QuotaExceeded) => {
+                NextStep::WaitForQuotaReset(next_quota_reset(Utc::now()))
+            }
+            PollError::Api(e) if !e.is_retriable() => NextStep::Parked,
+            PollError::Produce(e) if !e.is_retriable() => NextStep::Parked,
+            _ => NextStep::RetryIn(backoff.delay(failures.saturating_sub(1))),
+        }
+    }
+}
+
+/// The next midnight America/Los_Angeles after `now` (plus a minute of margin), when YouTube
+/// resets the daily quota.
+pub fn next_quota_reset(now: DateTime<Utc>) -> DateTime<Utc> {
+    use chrono::TimeZone;
+    let tz = chrono_tz::America::Los_Angeles;
+    let tomorrow = now.with_timezone(&tz).date_naive() + chrono::Days::new(1);
+    let midnight = tomorrow.and_hms_opt(0, 1, 0).expect("valid time");
+    tz.from_local_datetime(&midnight)
+        .earliest()
+        .map(|t| t.with_timezone(&Utc))
+        .unwrap_or(now + chrono::Duration::hours(24))
+}
+
+/// When a region is first due, given its last successful poll.
+pub fn first_due(
+    last: Option<&RegionState>,
+    interval: Duration,
+    now: DateTime<Utc>,
+) -> DateTime<Utc> {
+    match last {
+        Some(s) => {
+            let due = s.last_success_at + chrono::Duration::from_std(interval).unwrap_or_default();
+            due.max(now)
+        }
+        None => now,
+    }
+}
+
+/// How a region's loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegionEnd {
+    /// Shutdown requested (or `--once` succeeded).
+    Done,
+    /// `--once` failed, or the region was parked.
+    Failed,
+}
+
+pub struct RegionLoop {
+    pub region: String,
+    pub interval: Duration,
+    pub backoff: Backoff,
+    pub once: bool,
+    pub shutdown_grace: Duration,
+}
+
+impl RegionLoop {
+    pub async fn run(
+        self,
+        poller: Arc<Poller>,
+        mut due: DateTime<Utc>,
+        shutdown: CancellationToken,
+    ) -> RegionEnd {
+        let region = self.region.as_str();
+        let mut failures = 0u32;
+        loop {
+            let wait = (due - Utc::now()).to_std().unwrap_or_default();
+            if !wait.is_zero() {
+                tracing::info!(region, next_poll_at = %due, "Next poll scheduled");
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return RegionEnd::Done,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            let fetched_at = Utc::now();
+            let poll = poller.poll(region, fetched_at);
+            tokio::pin!(poll);
+            let result = tokio::select! {
+                r = &mut poll => r,
+                _ = shutdown.cancelled() => {
+                    tracing::info!(region, grace_s = self.shutdown_grace.as_secs(),
+                        "Shutdown: letting the poll in flight finish");
+                    match tokio::time::timeout(self.shutdown_grace, &mut poll).await {
+                        Ok(r) => r,
+                        Err(_) => {
+                            tracing::warn!(region,
+                                "Shutdown: poll abandoned; it is redone whole after restart");
+                            return RegionEnd::Done;
+                        }
+                    }
+                }
+            };
+            match result {
+                Ok(_) => {
+                    failures = 0;
+                    if self.once || shutdown.is_cancelled() {
+                        return RegionEnd::Done;
+                    }
+                    due =
+                        fetched_at + chrono::Duration::from_std(self.interval).unwrap_or_default();
+                }
+                Err(e) => {
+                    failures += 1;
+                    let next = poller.next_step(&e, failures, &self.backoff, self.once);
+                    PollFailed {
+                        region,
+                        kind: e.kind(),
+                        error: &e,
+                        next,
+                    }
+                    .emit();
+                    match next {
+                        NextStep::RetryIn(d) => {
+                            due = Utc::now() + chrono::Duration::from_std(d).unwrap_or_default()
+                        }
+                        NextStep::WaitForQuotaReset(at) => due = at,
+                        NextStep::Parked | NextStep::GiveUp => return RegionEnd::Failed,
+                    }
+                    if shutdown.is_cancelled() {
+                        return RegionEnd::Done;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn quota_resets_at_midnight_pacific() {
+        // Winter (PST, UTC-8): 10:00 UTC is 02:00 PST; next reset 08:01 UTC the next day.
+        assert_eq!(
+            next_quota_reset(utc("2026-11-25T10:00:00Z")),
+            utc("2026-11-26T08:01:00Z")
+        );
+        // 07:00 UTC is 23:00 PST the day before: reset in about an hour.
+        assert_eq!(
+            next_quota_reset(utc("2026-11-25T07:00:00Z")),
+            utc("2026-11-25T08:01:00Z")
+        );
+        // Summer (PDT, UTC-7).
+        assert_eq!(
+            next_quota_reset(utc("2026-07-01T12:00:00Z")),
+            utc("2026-07-02T07:01:00Z")
+        );
+    }
+
+    #[test]
+    fn a_recent_success_delays_the_first_poll() {
+        let now = utc("2026-11-25T10:00:00Z");
+        let interval = Duration::from_secs(1800);
+        let state = |at: &str| RegionState {
+            region: "FR".into(),
+            last_success_at: utc(at),
+            videos: 200,
+        };
+        assert_eq!(first_due(None, interval, now), now);
+        assert_eq!(
+            first_due(Some(&state("2026-11-25T09:50:00Z")), interval, now),
+            utc("2026-11-25T10:20:00Z")
+        );
+        assert_eq!(
+            first_due(Some(&state("2026-11-25T09:00:00Z")), interval, now),
+            now
+        );
+    }
+}

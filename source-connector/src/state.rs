@@ -1,0 +1,99 @@
+//! The schedule's memory: the time of each region's last successful poll, kept in a compacted
+//! Kafka topic the connector owns (as Kafka Connect keeps source offsets). Key = region code,
+//! value = JSON `{"region":"FR","last_success_at":"…","videos":200}`, readable with any Kafka
+//! tool. Written only after every record of the poll is acknowledged, so a poll that did not
+//! complete is redone after a restart.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use plumbing::kafka::KafkaArgs;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegionState {
+    pub region: String,
+    pub last_success_at: DateTime<Utc>,
+    pub videos: usize,
+}
+
+/// Reads the whole state topic (one partition) up to its end; the last value per region wins.
+pub async fn load(kafka: &KafkaArgs, topic: &str) -> anyhow::Result<HashMap<String, RegionState>> {
+    let kafka = kafka.clone();
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || load_blocking(&kafka, &topic))
+        .await
+        .context("state loader panicked")?
+}
+
+fn load_blocking(kafka: &KafkaArgs, topic: &str) -> anyhow::Result<HashMap<String, RegionState>> {
+    const TIMEOUT: Duration = Duration::from_secs(15);
+    // No group: this reader owns no offsets, it reads everything each start.
+    let consumer: BaseConsumer = kafka
+        .client_config(&[("enable.auto.commit", "false"), ("group.id", "unused")])?
+        .create()?;
+    let (low, high) = consumer
+        .fetch_watermarks(topic, 0, TIMEOUT)
+        .with_context(|| format!("reading the watermarks of the state topic `{topic}`"))?;
+    let mut state = HashMap::new();
+    if high <= low {
+        return Ok(state);
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Offset(low))?;
+    consumer.assign(&tpl)?;
+    drop(tpl);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut reached_high = false;
+    loop {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "reading the state topic `{topic}` did not reach its end ({high}) within 60s"
+        );
+        let Some(message) = consumer.poll(Duration::from_millis(500)) else {
+            if reached_high {
+                return Ok(state);
+            }
+            continue;
+        };
+        let message = message.with_context(|| format!("reading the state topic `{topic}`"))?;
+        if let Some(value) = message.payload() {
+            match serde_json::from_slice::<RegionState>(value) {
+                Ok(s) => {
+                    state.insert(s.region.clone(), s);
+                }
+                Err(e) => tracing::warn!(offset = message.offset(), error = %e,
+                    "Ignoring an unreadable record of the state topic"),
+            }
+        }
+        // tansu reports the high watermark as the last batch's base offset + 1, so reaching
+        // it is not the end: keep reading until the partition is quiet as well.
+        if message.offset() + 1 >= high {
+            reached_high = true;
+        }
+    }
+}
+
+/// Records a successful poll and waits for the broker's acknowledgement.
+pub async fn save(
+    producer: &FutureProducer,
+    topic: &str,
+    state: &RegionState,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let value = serde_json::to_vec(state)?;
+    producer
+        .send(
+            FutureRecord::to(topic).key(&state.region).payload(&value),
+            timeout,
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .with_context(|| format!("saving the schedule state to `{topic}`"))?;
+    Ok(())
+}

@@ -1,0 +1,553 @@
+//! The YouTube Data API v3 client: `videos.list?chart=mostPopular` with its pagination, and
+//! `videoCategories.list`, with typed response structs and a typed error per failure kind.
+//!
+//! The API key travels in the `key` query parameter (or the `x-goog-api-key` header). reqwest
+//! errors print the URL with its query, so every error leaving this module is stripped of its
+//! URL, and nothing here formats a URL into a message.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+use plumbing::backoff::Backoff;
+
+use crate::config::{Config, KeyPlacement};
+use crate::events::{ApiCalled, ApiRetrying};
+
+/// The API answers at most 50 items per page.
+const PAGE_SIZE: &str = "50";
+/// A chart has at most 200 videos (4 pages); more pages than this means a looping token.
+const MAX_PAGES: usize = 10;
+
+// --- response types (https://developers.google.com/youtube/v3/docs/videos) -----------------
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VideoListResponse {
+    pub items: Vec<Video>,
+    pub next_page_token: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Video {
+    pub id: String,
+    pub snippet: Option<Snippet>,
+    pub content_details: Option<ContentDetails>,
+    pub statistics: Option<Statistics>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Snippet {
+    pub published_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub channel_id: Option<String>,
+    pub title: Option<String>,
+    pub description: Option<String>,
+    #[serde(default)]
+    pub thumbnails: HashMap<String, Thumbnail>,
+    pub channel_title: Option<String>,
+    pub tags: Option<Vec<String>>,
+    pub category_id: Option<String>,
+    pub live_broadcast_content: Option<String>,
+    pub default_language: Option<String>,
+    pub default_audio_language: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Thumbnail {
+    pub url: String,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContentDetails {
+    pub duration: Option<String>,
+    pub dimension: Option<String>,
+    pub definition: Option<String>,
+    /// The API sends `"true"` or `"false"` as a string.
+    pub caption: Option<String>,
+    pub licensed_content: Option<bool>,
+}
+
+/// Counts arrive as decimal strings; an absent field (hidden likes, disabled comments) stays
+/// absent.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Statistics {
+    pub view_count: Option<String>,
+    pub like_count: Option<String>,
+    pub favorite_count: Option<String>,
+    pub comment_count: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct CategoryListResponse {
+    items: Vec<Category>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Category {
+    id: String,
+    snippet: Option<CategorySnippet>,
+}
+
+#[derive(Debug, Deserialize)]
+struct CategorySnippet {
+    title: String,
+}
+
+/// `{"error": {"code": 403, "message": "...", "errors": [{"reason": "quotaExceeded", ...}]}}`
+#[derive(Debug, Deserialize)]
+struct ErrorResponse {
+    error: ErrorBody,
+}
+
+#[derive(Debug, Deserialize)]
+struct ErrorBody {
+    message: Option<String>,
+    #[serde(default)]
+    errors: Vec<ErrorItem>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ErrorItem {
+    reason: Option<String>,
+}
+
+// --- errors ----------------------------------------------------------------------------------
+
+/// Why an API call failed. Messages never contain the request URL (it carries the key).
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("network error talking to the YouTube API: {0}")]
+    Network(String),
+    #[error("the YouTube API answered HTTP {status} ({reason})")]
+    Server { status: u16, reason: String },
+    #[error("the YouTube API is rate limiting (HTTP 429)")]
+    RateLimited { retry_after: Option<Duration> },
+    #[error("the YouTube API answered an unreadable response: {0}")]
+    Malformed(String),
+    #[error("the daily YouTube API quota is spent (quotaExceeded)")]
+    QuotaExceeded,
+    #[error("YouTube has no most-popular chart for region {region} (videoChartNotFound)")]
+    ChartNotFound { region: String },
+    #[error("the YouTube API refused the key ({reason}): check YOUTUBE_API_KEY and that the YouTube Data API v3 is enabled for it")]
+    KeyRejected { reason: String },
+    #[error("the YouTube API refused the request: HTTP {status} ({reason}): {message}")]
+    Rejected {
+        status: u16,
+        reason: String,
+        message: String,
+    },
+}
+
+impl ApiError {
+    /// Transient failures, worth retrying soon: network, timeouts, 5xx, 429, malformed bodies.
+    pub fn is_retriable(&self) -> bool {
+        matches!(
+            self,
+            ApiError::Network(_)
+                | ApiError::Server { .. }
+                | ApiError::RateLimited { .. }
+                | ApiError::Malformed(_)
+        )
+    }
+
+    /// A short, bounded label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ApiError::Network(_) => "network",
+            ApiError::Server { .. } => "server_error",
+            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::Malformed(_) => "malformed",
+            ApiError::QuotaExceeded => "quota_exceeded",
+            ApiError::ChartNotFound { .. } => "chart_not_found",
+            ApiError::KeyRejected { .. } => "key_rejected",
+            ApiError::Rejected { .. } => "rejected",
+        }
+    }
+}
+
+fn network(e: reqwest::Error) -> ApiError {
+    let e = e.without_url();
+    let what = if e.is_timeout() {
+        "timed out"
+    } else {
+        "failed"
+    };
+    // The causes (connection refused, DNS, TLS...) say what to fix; none of them holds the URL.
+    let mut text = format!("request {what}: {e}");
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    ApiError::Network(text)
+}
+
+// --- client ----------------------------------------------------------------------------------
+
+/// Which API method, for metrics labels.
+#[derive(Debug, Clone, Copy)]
+pub enum Endpoint {
+    Videos,
+    VideoCategories,
+}
+
+impl Endpoint {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Endpoint::Videos => "videos",
+            Endpoint::VideoCategories => "videoCategories",
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base_url: String,
+    key: SecretString,
+    key_in: KeyPlacement,
+    backoff: Backoff,
+    max_attempts: u32,
+}
+
+impl Client {
+    pub fn new(config: &Config, key: SecretString) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(config.api_timeout)
+            .user_agent(concat!(
+                "youtube-trending-source/",
+                env!("CARGO_PKG_VERSION")
+            ))
+            .build()?;
+        Ok(Client {
+            http,
+            base_url: config.api_base_url.trim_end_matches('/').to_string(),
+            key,
+            key_in: config.api_key_in,
+            backoff: Backoff::new(config.retry_initial_backoff, config.retry_max_backoff),
+            max_attempts: config.api_max_attempts,
+        })
+    }
+
+    /// Fetches every page of a region's chart, in order. All or nothing: any failure fails the
+    /// whole chart, so a partial chart is never published.
+    pub async fn chart(&self, region: &str) -> Result<Vec<Video>, ApiError> {
+        let mut videos = Vec::with_capacity(200);
+        let mut token: Option<String> = None;
+        for _ in 0..MAX_PAGES {
+            let page = self
+                .with_retries(Endpoint::Videos, region, || {
+                    self.videos_page(region, token.as_deref())
+                })
+                .await?;
+            videos.extend(page.items);
+            match page.next_page_token {
+                Some(t) if !t.is_empty() => token = Some(t),
+                _ => return Ok(videos),
+            }
+        }
+        Err(ApiError::Malformed(format!(
+            "videos.list: more than {MAX_PAGES} pages, the page tokens seem to loop"
+        )))
+    }
+
+    /// Category id → name for a region.
+    pub async fn categories(&self, region: &str) -> Result<HashMap<String, String>, ApiError> {
+        self.with_retries(Endpoint::VideoCategories, region, || async {
+            let body = self
+                .get(
+                    Endpoint::VideoCategories,
+                    region,
+                    &[("part", "snippet"), ("regionCode", region)],
+                )
+                .await?;
+            let list: CategoryListResponse = serde_json::from_slice(&body)
+                .map_err(|e| ApiError::Malformed(format!("videoCategories.list: {e}")))?;
+            Ok(list
+                .items
+                .into_iter()
+                .filter_map(|c| c.snippet.map(|s| (c.id, s.title)))
+                .collect())
+        })
+        .await
+    }
+
+    /// One page of a region's chart.
+    async fn videos_page(
+        &self,
+        region: &str,
+        page_token: Option<&str>,
+    ) -> Result<VideoListResponse, ApiError> {
+        let mut query = vec![
+            ("part", "snippet,contentDetails,statistics"),
+            ("chart", "mostPopular"),
+            ("regionCode", region),
+            ("maxResults", PAGE_SIZE),
+        ];
+        if let Some(t) = page_token {
+            query.push(("pageToken", t));
+        }
+        let body = self.get(Endpoint::Videos, region, &query).await?;
+        let page: VideoListResponse = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::Malformed(format!("videos.list: {e}")))?;
+        if page.items.iter().any(|v| v.id.is_empty()) {
+            return Err(ApiError::Malformed(
+                "videos.list: an item has an empty id".into(),
+            ));
+        }
+        Ok(page)
+    }
+
+    /// Runs `call` until it succeeds, fails permanently, or has failed `max_attempts` times,
+    /// sleeping a backoff (or the server's Retry-After) between attempts.
+    async fn with_retries<T, F, Fut>(
+        &self,
+        endpoint: Endpoint,
+        region: &str,
+        mut call: F,
+    ) -> Result<T, ApiError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, ApiError>>,
+    {
+        let mut attempt = 0;
+        loop {
+            match call().await {
+                Ok(v) => return Ok(v),
+                Err(e) if e.is_retriable() && attempt + 1 < self.max_attempts => {
+                    let delay = match &e {
+                        ApiError::RateLimited {
+                            retry_after: Some(d),
+                        } => (*d).min(self.backoff.max),
+                        _ => self.backoff.delay(attempt),
+                    };
+                    ApiRetrying {
+                        endpoint,
+                        region,
+                        error: &e,
+                        attempt: attempt + 1,
+                        delay,
+                    }
+                    .emit();
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn get(
+        &self,
+        endpoint: Endpoint,
+        region: &str,
+        query: &[(&str, &str)],
+    ) -> Result<Vec<u8>, ApiError> {
+        let mut request = self
+            .http
+            .get(format!("{}/{}", self.base_url, endpoint.as_str()))
+            .query(query);
+        request = match self.key_in {
+            KeyPlacement::Query => request.query(&[("key", self.key.expose_secret())]),
+            KeyPlacement::Header => request.header("x-goog-api-key", self.key.expose_secret()),
+        };
+        let sent = request.send().await;
+        ApiCalled {
+            endpoint,
+            region,
+            status: sent.as_ref().ok().map(|r| r.status().as_u16()),
+        }
+        .emit();
+        let response = sent.map_err(network)?;
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let body = response.bytes().await.map_err(network)?;
+        if status.is_success() {
+            Ok(body.to_vec())
+        } else {
+            Err(classify(status, &body, region, retry_after))
+        }
+    }
+}
+
+/// Turns an error status and body into an [`ApiError`]. The API's `reason` decides, not the
+/// status alone: `videoChartNotFound` is documented as 400 and `quotaExceeded` as 403.
+fn classify(
+    status: StatusCode,
+    body: &[u8],
+    region: &str,
+    retry_after: Option<Duration>,
+) -> ApiError {
+    let parsed: Option<ErrorResponse> = serde_json::from_slice(body).ok();
+    let reason = parsed
+        .as_ref()
+        .and_then(|e| e.error.errors.iter().find_map(|i| i.reason.clone()))
+        .unwrap_or_default();
+    let message = parsed
+        .as_ref()
+        .and_then(|e| e.error.message.clone())
+        .unwrap_or_default();
+    match reason.as_str() {
+        "quotaExceeded" | "dailyLimitExceeded" => return ApiError::QuotaExceeded,
+        "videoChartNotFound" => {
+            return ApiError::ChartNotFound {
+                region: region.to_string(),
+            }
+        }
+        "keyInvalid" | "keyExpired" | "accessNotConfigured" | "ipRefererBlocked" => {
+            return ApiError::KeyRejected { reason }
+        }
+        "rateLimitExceeded" | "userRateLimitExceeded" => {
+            return ApiError::RateLimited { retry_after }
+        }
+        _ => {}
+    }
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        return ApiError::RateLimited { retry_after };
+    }
+    if status.is_server_error() {
+        let reason = if reason.is_empty() {
+            "no reason given".into()
+        } else {
+            reason
+        };
+        return ApiError::Server {
+            status: status.as_u16(),
+            reason,
+        };
+    }
+    if status == StatusCode::UNAUTHORIZED {
+        return ApiError::KeyRejected {
+            reason: if reason.is_empty() {
+                "unauthorized".into()
+            } else {
+                reason
+            },
+        };
+    }
+    ApiError::Rejected {
+        status: status.as_u16(),
+        reason: if reason.is_empty() {
+            "no reason given".into()
+        } else {
+            reason
+        },
+        message: truncate(&message, 300),
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error_body(code: u16, reason: &str) -> Vec<u8> {
+        serde_json::json!({"error": {"code": code, "message": "m", "errors": [
+            {"message": "m", "domain": "youtube.quota", "reason": reason}]}})
+        .to_string()
+        .into_bytes()
+    }
+
+    #[test]
+    fn errors_are_classified_by_reason_not_status() {
+        let c = |s: u16, r: &str| {
+            classify(
+                StatusCode::from_u16(s).unwrap(),
+                &error_body(s, r),
+                "FR",
+                None,
+            )
+        };
+        assert!(matches!(c(403, "quotaExceeded"), ApiError::QuotaExceeded));
+        assert!(matches!(
+            c(400, "videoChartNotFound"),
+            ApiError::ChartNotFound { .. }
+        ));
+        assert!(matches!(
+            c(404, "videoChartNotFound"),
+            ApiError::ChartNotFound { .. }
+        ));
+        assert!(matches!(c(400, "keyInvalid"), ApiError::KeyRejected { .. }));
+        assert!(matches!(
+            c(403, "rateLimitExceeded"),
+            ApiError::RateLimited { .. }
+        ));
+        assert!(matches!(
+            c(400, "invalidParameter"),
+            ApiError::Rejected { status: 400, .. }
+        ));
+        assert!(matches!(
+            c(503, "backendError"),
+            ApiError::Server { status: 503, .. }
+        ));
+        let no_body = classify(StatusCode::BAD_GATEWAY, b"<html>", "FR", None);
+        assert!(matches!(no_body, ApiError::Server { status: 502, .. }));
+        let too_many = classify(
+            StatusCode::TOO_MANY_REQUESTS,
+            b"",
+            "FR",
+            Some(Duration::from_secs(3)),
+        );
+        assert!(
+            matches!(too_many, ApiError::RateLimited { retry_after: Some(d) } if d.as_secs() == 3)
+        );
+    }
+
+    #[test]
+    fn only_transient_errors_are_retriable() {
+        assert!(ApiError::Network("x".into()).is_retriable());
+        assert!(ApiError::Malformed("x".into()).is_retriable());
+        assert!(ApiError::RateLimited { retry_after: None }.is_retriable());
+        assert!(!ApiError::QuotaExceeded.is_retriable());
+        assert!(!ApiError::KeyRejected {
+            reason: "keyInvalid".into()
+        }
+        .is_retriable());
+        assert!(!ApiError::ChartNotFound {
+            region: "XX".into()
+        }
+        .is_retriable());
+    }
+
+    #[test]
+    fn a_documented_response_parses() {
+        let body = r#"{"kind":"youtube#videoListResponse","etag":"e","nextPageToken":"CAUQAA",
+          "pageInfo":{"totalResults":200,"resultsPerPage":50},
+          "items":[{"kind":"youtube#video","etag":"x","id":"abc",
+            "snippet":{"publishedAt":"2026-11-24T17:00:08Z","channelId":"UC1","title":"Été 🎉",
+              "description":"","thumbnails":{"default":{"url":"https://i/d.jpg","width":120,"height":90},
+              "maxres":{"url":"https://i/m.jpg","width":1280,"height":720}},"channelTitle":"C",
+              "categoryId":"10","liveBroadcastContent":"none",
+              "localized":{"title":"t","description":""},"defaultAudioLanguage":"fr"},
+            "contentDetails":{"duration":"PT4M13S","dimension":"2d","definition":"hd",
+              "caption":"false","licensedContent":true,"contentRating":{},"projection":"rectangular"},
+            "statistics":{"viewCount":"123","favoriteCount":"0","commentCount":"5"}}]}"#;
+        let page: VideoListResponse = serde_json::from_str(body).unwrap();
+        assert_eq!(page.next_page_token.as_deref(), Some("CAUQAA"));
+        let v = &page.items[0];
+        assert_eq!(v.statistics.as_ref().unwrap().like_count, None);
+        assert_eq!(v.snippet.as_ref().unwrap().tags, None);
+        assert_eq!(v.snippet.as_ref().unwrap().title.as_deref(), Some("Été 🎉"));
+    }
+}

@@ -1,0 +1,644 @@
+//! The source connector as a user runs it: the real binary, against the real broker and
+//! schema registry of the local stack and the API stand-in. Every test has its own topic.
+
+mod standin;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use apache_avro::types::Value as Avro;
+use plumbing::testing::{unique, Stack};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use schema_registry_converter::async_impl::avro::AvroDecoder;
+use schema_registry_converter::async_impl::schema_registry::SrSettings;
+use schemas::TrendingVideo;
+use serde_json::Value;
+use standin::{Fault, StandIn};
+use tokio::process::{Child, Command};
+
+const API_KEY: &str = "AIzaTEST-secret-key-0123456789";
+
+struct Source {
+    child: Child,
+    log: PathBuf,
+}
+
+/// Everything a run needs; `extra` env vars override the defaults.
+fn command(stack: &Stack, api: &StandIn, topic: &str, extra: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_source-connector"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("YOUTUBE_API_BASE_URL", &api.url)
+        .env("YOUTUBE_API_KEY", API_KEY)
+        .env("YOUTUBE_REGIONS", "FR")
+        .env("KAFKA_TOPIC", topic)
+        .env("KAFKA_BOOTSTRAP_SERVERS", &stack.kafka_bootstrap)
+        .env("KAFKA_TOPIC_PARTITIONS", "3")
+        .env("SCHEMA_REGISTRY_URL", &stack.registry_url)
+        .env("HTTP_ADDR", "127.0.0.1:0")
+        .env("RETRY_INITIAL_BACKOFF", "50ms")
+        .env("RETRY_MAX_BACKOFF", "300ms")
+        .env("YOUTUBE_API_TIMEOUT", "2s")
+        .env("LOG_LEVEL", "info,source_connector=debug")
+        .env("LOG_FORMAT", "json");
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+impl Source {
+    /// Runs the long-running connector.
+    fn spawn(stack: &Stack, api: &StandIn, topic: &str, extra: &[(&str, &str)]) -> Source {
+        Self::spawn_with_args(stack, api, topic, extra, &[])
+    }
+
+    /// Runs `source-connector --once`.
+    fn once(stack: &Stack, api: &StandIn, topic: &str, extra: &[(&str, &str)]) -> Source {
+        Self::spawn_with_args(stack, api, topic, extra, &["--once"])
+    }
+
+    fn spawn_with_args(
+        stack: &Stack,
+        api: &StandIn,
+        topic: &str,
+        extra: &[(&str, &str)],
+        args: &[&str],
+    ) -> Source {
+        let log = std::env::temp_dir().join(format!("{}.log", unique("source-")));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = command(stack, api, topic, extra)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(file)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        Source { child, log }
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    async fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        match tokio::time::timeout(timeout, self.child.wait()).await {
+            Ok(s) => s.unwrap(),
+            Err(_) => panic!(
+                "the source did not exit within {timeout:?}; logs:\n{}",
+                self.logs()
+            ),
+        }
+    }
+
+    fn sigterm(&self) {
+        let pid = self.child.id().expect("running") as i32;
+        // SAFETY-free: kill(1) rather than libc, to keep dependencies small.
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap();
+    }
+
+    /// Asserts the key never reached a log line.
+    fn assert_key_not_logged(&self) {
+        let logs = self.logs();
+        assert!(!logs.is_empty(), "no logs captured");
+        assert!(
+            !logs.contains(API_KEY),
+            "the API key leaked into the logs:\n{logs}"
+        );
+        assert!(
+            !logs.contains("secret-key"),
+            "part of the API key leaked into the logs"
+        );
+    }
+
+    /// The HTTP address the connector logged at start-up (it binds port 0 in tests).
+    async fn http_addr(&self) -> String {
+        self.wait_for_log("Serving /metrics", Duration::from_secs(30))
+            .await;
+        self.logs()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find_map(|l| l["addr"].as_str().map(str::to_string))
+            .expect("the HTTP address in the logs")
+    }
+
+    async fn wait_for_log(&self, needle: &str, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !self.logs().contains(needle) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no `{needle}` in the logs within {timeout:?}:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Every record of the topic, decoded by a consumer that knows only the registry URL, with its
+/// key.
+async fn read_topic(stack: &Stack, topic: &str) -> Vec<(String, TrendingVideo)> {
+    let consumer: BaseConsumer = stack
+        .kafka_config(&[
+            ("group.id", &unique("reader-")),
+            ("enable.auto.commit", "false"),
+        ])
+        .create()
+        .unwrap();
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let partitions = metadata.topics()[0].partitions().len() as i32;
+    // Read until the topic has been quiet for a while: tansu 0.6.0 reports the high watermark
+    // as the last batch's base offset + 1 (README, known differences), so it cannot say where
+    // the end is.
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    drop(tpl);
+    let mut raw = Vec::new();
+    let mut quiet_since = std::time::Instant::now();
+    while quiet_since.elapsed() < Duration::from_secs(2) {
+        let Some(m) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let m = m.unwrap();
+        raw.push((
+            String::from_utf8(m.key().unwrap().to_vec()).unwrap(),
+            m.payload().unwrap().to_vec(),
+        ));
+        quiet_since = std::time::Instant::now();
+    }
+    let decoder = AvroDecoder::new(SrSettings::new(stack.registry_url.clone()));
+    let mut out = Vec::new();
+    for (key, bytes) in raw {
+        let decoded = decoder.decode(Some(&bytes)).await.unwrap();
+        assert!(matches!(decoded.value, Avro::Record(_)));
+        out.push((key, TrendingVideo::from_avro(decoded.value).unwrap()));
+    }
+    out
+}
+
+fn count(v: &Value, field: &str) -> Option<i64> {
+    v["statistics"][field].as_str().map(|s| s.parse().unwrap())
+}
+
+fn string(v: &Value) -> Option<String> {
+    v.as_str().map(str::to_string)
+}
+
+/// Checks one record against the stand-in's item, field by field, from the API's own text.
+fn assert_matches_api(r: &TrendingVideo, item: &Value, rank: i32, region: &str) {
+    let s = &item["snippet"];
+    let d = &item["contentDetails"];
+    assert_eq!(r.video_id, item["id"].as_str().unwrap());
+    assert_eq!(r.region_code, region);
+    assert_eq!(r.rank, rank);
+    assert_eq!(r.title, string(&s["title"]));
+    assert_eq!(r.description, string(&s["description"]));
+    assert_eq!(r.channel_id, string(&s["channelId"]));
+    assert_eq!(r.channel_title, string(&s["channelTitle"]));
+    assert_eq!(r.category_id, string(&s["categoryId"]));
+    let cat = standin::CATEGORIES
+        .iter()
+        .find(|(id, _)| Some(*id) == s["categoryId"].as_str())
+        .map(|(_, t)| t.to_string());
+    assert_eq!(r.category_name, cat);
+    let tags: Option<Vec<String>> = s["tags"]
+        .as_array()
+        .map(|a| a.iter().map(|t| t.as_str().unwrap().to_string()).collect());
+    assert_eq!(r.tags, tags);
+    assert_eq!(
+        r.published_at
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+        string(&s["publishedAt"])
+    );
+    assert_eq!(r.default_language, string(&s["defaultLanguage"]));
+    assert_eq!(r.default_audio_language, string(&s["defaultAudioLanguage"]));
+    assert_eq!(r.live_broadcast_content, string(&s["liveBroadcastContent"]));
+    let best = ["maxres", "standard", "high", "medium", "default"]
+        .iter()
+        .find_map(|k| s["thumbnails"][*k]["url"].as_str());
+    assert_eq!(r.thumbnail_url.as_deref(), best);
+    assert_eq!(r.definition, string(&d["definition"]));
+    assert_eq!(r.dimension, string(&d["dimension"]));
+    assert_eq!(r.caption, d["caption"].as_str().map(|c| c == "true"));
+    assert_eq!(r.licensed_content, d["licensedContent"].as_bool());
+    assert_eq!(r.view_count, count(item, "viewCount"));
+    assert_eq!(r.like_count, count(item, "likeCount"));
+    assert_eq!(r.comment_count, count(item, "commentCount"));
+    assert_eq!(r.favorite_count, count(item, "favoriteCount"));
+    // Durations: the stand-in's forms, computed here independently of the connector's parser.
+    let expected = match d["duration"].as_str().unwrap() {
+        "P0D" => 0,
+        text => {
+            let (days, time) = match text.strip_prefix('P').unwrap().split_once('T') {
+                Some((days, time)) => {
+                    (days.trim_end_matches('D').parse::<i64>().unwrap_or(0), time)
+                }
+                None => (0, ""),
+            };
+            let mut secs = days * 86_400;
+            let mut n = String::new();
+            for c in time.chars() {
+                match c {
+                    'H' => secs += n.parse::<i64>().unwrap() * 3600,
+                    'M' => secs += n.parse::<i64>().unwrap() * 60,
+                    'S' => secs += n.parse::<i64>().unwrap(),
+                    _ => {
+                        n.push(c);
+                        continue;
+                    }
+                }
+                n.clear();
+            }
+            secs
+        }
+    };
+    assert_eq!(r.duration_seconds, Some(expected), "{}", d["duration"]);
+}
+
+#[tokio::test]
+async fn two_regions_of_200_videos_give_exactly_400_records_equal_to_the_api() {
+    let stack = Stack::from_env().unwrap();
+    let api = StandIn::start().await;
+    let fr = api.set_chart("FR", 200);
+    let us = api.set_chart("US", 200);
+    let topic = unique("test-");
+    let mut source = Source::once(&stack, &api, &topic, &[("YOUTUBE_REGIONS", "FR,US")]);
+    assert!(
+        source.wait(Duration::from_secs(90)).await.success(),
+        "{}",
+        source.logs()
+    );
+    source.assert_key_not_logged();
+    assert_eq!(api.video_requests(), 8, "4 pages per region");
+    assert_eq!(api.category_requests(), 2);
+    assert!(api.keys_seen().iter().all(|k| k == API_KEY));
+
+    let records = read_topic(&stack, &topic).await;
+    assert_eq!(records.len(), 400);
+    let mut fetched_at = HashMap::new();
+    for (key, r) in &records {
+        assert_eq!(key, &r.video_id, "the key is the video id");
+        let chart = if r.region_code == "FR" { &fr } else { &us };
+        let item = &chart[(r.rank - 1) as usize];
+        assert_matches_api(r, item, r.rank, &r.region_code);
+        fetched_at
+            .entry(r.region_code.clone())
+            .or_insert_with(Vec::new)
+            .push(r.fetched_at);
+    }
+    for (region, times) in fetched_at {
+        assert_eq!(times.len(), 200);
+        assert!(
+            times.iter().all(|t| *t == times[0]),
+            "{region}: one fetched_at per poll"
+        );
+    }
+    // Absent fields arrive as null, not 0 or "".
+    assert!(records.iter().any(|(_, r)| r.like_count.is_none()));
+    assert!(records.iter().any(|(_, r)| r.comment_count.is_none()));
+    assert!(records.iter().any(|(_, r)| r.tags.is_none()));
+    assert!(records.iter().any(|(_, r)| r.default_language.is_none()));
+    assert!(records.iter().any(|(_, r)| r.duration_seconds == Some(0)));
+}
+
+#[tokio::test]
+async fn transient_api_failures_are_retried_and_the_poll_completes() {
+    let stack = Stack::from_env().unwrap();
+    let api = StandIn::start().await;
+    api.set_chart("FR", 120);
+    api.push_faults([
+        Fault::Status(500, "backendError"),
+        Fault::Status(503, "backendError"),
+        Fault::TooManyRequests { retry_after_s: 1 },
+        Fault::Truncated,
+    ]);
+    api.push_page_faults(
+        "page-2",
+        [
+            Fault::Delay(Duration::from_secs(3)),
+            Fault::NotJson,
+            Fault::MissingItems,
+        ],
+    );
+    let topic = unique("test-");
+    let mut source = Source::once(&stack, &api, &topic, &[("YOUTUBE_API_MAX_ATTEMPTS", "5")]);
+    assert!(
+        source.wait(Duration::from_secs(90)).await.success(),
+        "{}",
+        source.logs()
+    );
+    source.assert_key_not_logged();
+    assert_eq!(
+        source.logs().matches("API call failed, retrying").count(),
+        7
+    );
+    assert_eq!(read_topic(&stack, &topic).await.len(), 120);
+}
+
+#[tokio::test]
+async fn a_rejected_key_is_not_retried_and_publishes_nothing() {
+    let stack = Stack::from_env().unwrap();
+    let api = StandIn::start().await;
+    api.set_chart("FR", 50);
+    api.push_faults([Fault::Status(400, "keyInvalid")]);
+    let topic = unique("test-");
+    let mut source = Source::once(&stack, &api, &topic, &[]);
+    let status = source.wait(Duration::from_secs(60)).await;
+    assert_eq!(status.code(), Some(1), "--once fails");
+    assert_eq!(api.video_requests(), 1, "keyInvalid is never retried");
+    assert!(
+        source.logs().contains("refused the key"),
+        "{}",
+        source.logs()
+    );
+    source.assert_key_not_logged();
+    assert!(read_topic(&stack, &topic).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_chart_with_a_malformed_page_publishes_nothing_until_it_reads_whole() {
+    let stack = Stack::from_env().unwrap();
+    let api = StandIn::start().await;
+    api.set_chart("FR", 200);
+    // Page 3 is unreadable for two whole polls (2 attempts each), then heals.
+    api.push_page_faults(
+        "page-2",
+        [
+            Fault::Truncated,
+            Fault::Truncated,
+            Fault::Truncated,
+            Fault::Truncated,
+        ],
+    );
+    let topic = unique("test-");
+    let mut source = Source::spawn(
+        &stack,
+        &api,
+        &topic,
+        &[("YOUTUBE_API_MAX_ATTEMPTS", "2"), ("POLL_INTERVAL", "1h")],
+    );
+    source
+        .wait_for_log("Poll published", Duration::from_secs(60))
+        .await;
+    let logs = source.logs();
+    assert_eq!(
+        logs.matches("Poll failed, nothing of it was published")
+            .count(),
+        2,
+        "{logs}"
+    );
+    source.sigterm();
+    assert!(source.wait(Duration::from_secs(30)).await.success());
+    // Exactly one chart: nothing of the two failed polls reached the topic.
+    assert_eq!(read_topic(&stack, &topic).await.len(), 200);
+    source.assert_key_not_logged();
+}
+
+#[tokio::test]
+async fn quota_exceeded_waits_for_the_reset_instead_of_retrying() {
+    let stack = Stack::from_env().unwrap();
+    let api = StandIn::start().await;
+    api.set_chart("FR", 50);
+    api.push_faults([Fault::Status(403, "quotaExceeded")]);
+    let topic = unique("test-");
+    let mut source = Source::spawn(&stack, &api, &topic, &[("POLL_INTERVAL", "1h")]);
+    source
+        .wait_for_log(
+            "waiting for the reset at midnight America/Los_Angeles",
+            Duration::from_secs(60),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(api.video_requests(), 1, "no retry before the quota resets");
+    source.sigterm();
+    assert!(source.wait(Duration::from_secs(30)).await.success());
+    source.assert_key_not_logged();
+}
+
+#[tokio::test]
+async fn a_restart_within_the_interval_does_not_poll_again_but_after_it_does() {
+    let stack = Stack::from_env().unwrap();
+    let api = StandIn::start().await;
+    api.set_chart("FR", 60);
+    let topic = unique("test-");
+
+    let mut first = Source::spawn(&stack, &api, &topic, &[("POLL_INTERVAL", "1h")]);
+    first
+        .wait_for_log("Poll published", Duration::from_secs(60))
+        .await;
+    first.sigterm();
+    assert!(first.wait(Duration::from_secs(30)).await.success());
+    let after_first = api.video_requests();
+
+    let mut second = Source::spawn(&stack, &api, &topic, &[("POLL_INTERVAL", "1h")]);
+    second
+        .wait_for_log("Next poll scheduled", Duration::from_secs(60))
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        api.video_requests(),
+        after_first,
+        "polled again within the interval"
+    );
+    second.sigterm();
+    assert!(second.wait(Duration::from_secs(30)).await.success());
+
+    // With a 1 s interval the last success is old enough: polled at once.
+    let mut third = Source::spawn(&stack, &api, &topic, &[("POLL_INTERVAL", "1s")]);
+    third
+        .wait_for_log("Poll published", Duration::from_secs(60))
+        .await;
+    third.sigterm();
+    assert!(third.wait(Duration::from_secs(30)).await.success());
+    assert!(api.video_requests() > after_first);
+    assert_eq!(read_topic(&stack, &topic).await.len() % 60, 0);
+}
+
+#[tokio::test]
+async fn sigterm_mid_poll_exits_0_promptly_and_the_poll_is_redone_whole() {
+    let stack = Stack::from_env().unwrap();
+    let api = StandIn::start().await;
+    api.set_chart("FR", 200);
+    api.set_delay(Some(Duration::from_secs(2)));
+    let topic = unique("test-");
+    let mut source = Source::spawn(
+        &stack,
+        &api,
+        &topic,
+        &[("POLL_INTERVAL", "1h"), ("SHUTDOWN_GRACE", "1s")],
+    );
+    // Wait until the poll is in flight, then stop.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while api.video_requests() == 0 {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stopping = std::time::Instant::now();
+    source.sigterm();
+    assert!(source.wait(Duration::from_secs(15)).await.success());
+    assert!(
+        stopping.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        stopping.elapsed()
+    );
+    assert!(
+        source.logs().contains("poll abandoned"),
+        "{}",
+        source.logs()
+    );
+    assert!(
+        read_topic(&stack, &topic).await.is_empty(),
+        "nothing half-published"
+    );
+
+    // After a restart the region is polled again at once and the whole chart arrives.
+    api.set_delay(None);
+    let mut again = Source::spawn(&stack, &api, &topic, &[("POLL_INTERVAL", "1h")]);
+    again
+        .wait_for_log("Poll published", Duration::from_secs(60))
+        .await;
+    again.sigterm();
+    assert!(again.wait(Duration::from_secs(30)).await.success());
+    assert_eq!(read_topic(&stack, &topic).await.len(), 200);
+}
+
+#[tokio::test]
+async fn network_errors_never_show_the_key() {
+    let stack = Stack::from_env().unwrap();
+    let api = StandIn::start().await;
+    // A port nothing listens on: every request fails with a connection error.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/youtube/v3", closed.local_addr().unwrap());
+    drop(closed);
+    let topic = unique("test-");
+    let mut source = Source::once(
+        &stack,
+        &api,
+        &topic,
+        &[
+            ("YOUTUBE_API_BASE_URL", &url),
+            ("YOUTUBE_API_MAX_ATTEMPTS", "2"),
+        ],
+    );
+    assert_eq!(source.wait(Duration::from_secs(60)).await.code(), Some(1));
+    assert!(source.logs().contains("network error"), "{}", source.logs());
+    source.assert_key_not_logged();
+}
+
+#[tokio::test]
+async fn a_region_without_a_chart_is_skipped_and_the_others_publish() {
+    let stack = Stack::from_env().unwrap();
+    let api = StandIn::start().await;
+    api.set_chart("FR", 30);
+    let topic = unique("test-");
+    let mut source = Source::spawn(
+        &stack,
+        &api,
+        &topic,
+        &[("YOUTUBE_REGIONS", "FR,AQ"), ("POLL_INTERVAL", "1h")],
+    );
+    source
+        .wait_for_log("Poll published", Duration::from_secs(60))
+        .await;
+    source
+        .wait_for_log("videoChartNotFound", Duration::from_secs(10))
+        .await;
+    source.sigterm();
+    assert!(source.wait(Duration::from_secs(30)).await.success());
+    let records = read_topic(&stack, &topic).await;
+    assert_eq!(records.len(), 30);
+    assert!(records.iter().all(|(_, r)| r.region_code == "FR"));
+}
+
+/// The value of one sample of a Prometheus text exposition, labels given in any order.
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+        if metric != name
+            || !labels
+                .iter()
+                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+        {
+            return None;
+        }
+        value.parse().ok()
+    })
+}
+
+#[tokio::test]
+async fn metrics_and_readiness_tell_what_happened() {
+    let stack = Stack::from_env().unwrap();
+    let api = StandIn::start().await;
+    api.set_chart("FR", 60);
+    api.push_faults([Fault::Status(503, "backendError")]);
+    let topic = unique("test-");
+    let mut source = Source::spawn(&stack, &api, &topic, &[("POLL_INTERVAL", "1h")]);
+    let addr = source.http_addr().await;
+    source
+        .wait_for_log("Poll published", Duration::from_secs(60))
+        .await;
+
+    let get = |path: &str| {
+        let url = format!("http://{addr}{path}");
+        async move {
+            let r = reqwest::get(url).await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    assert_eq!(get("/healthz").await.0, 200);
+    let (status, body) = get("/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    let (_, m) = get("/metrics").await;
+    let fr = [("region", "FR")];
+    assert_eq!(
+        sample(
+            &m,
+            "source_polls_total",
+            &[("region", "FR"), ("outcome", "success")]
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(sample(&m, "source_videos_published_total", &fr), Some(60.0));
+    // 1 categories call, 1 failed + 2 good pages of videos.
+    assert_eq!(sample(&m, "source_api_quota_units_total", &fr), Some(4.0));
+    assert_eq!(sample(&m, "source_api_quota_units_today", &fr), Some(4.0));
+    assert_eq!(
+        sample(
+            &m,
+            "source_api_requests_total",
+            &[("endpoint", "videos"), ("status", "503")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "source_api_retries_total",
+            &[("endpoint", "videos"), ("reason", "server_error")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&m, "source_poll_duration_seconds_count", &fr),
+        Some(1.0)
+    );
+    assert!(sample(&m, "source_last_success_timestamp_seconds", &fr).unwrap() > 1.7e9);
+    assert_eq!(sample(&m, "source_ready", &[]), Some(1.0));
+    assert!(!m.contains(API_KEY));
+    source.sigterm();
+    assert!(source.wait(Duration::from_secs(30)).await.success());
+}
