@@ -35,7 +35,8 @@ pub struct Config {
     pub poll_interval: Duration,
 
     /// Poll every region once, publish, and exit: 0 if every region succeeded, 1 otherwise.
-    /// For external schedulers (cron, Airflow). The schedule state is still read and written.
+    /// For external schedulers (cron, Airflow): every region is polled at once, whatever the
+    /// schedule state says; successful polls are still recorded in it.
     #[arg(long)]
     pub once: bool,
 
