@@ -1,14 +1,25 @@
 //! Configuration of the sink connector: environment variables, also settable as flags.
+//! Every field's doc comment is its `--help` text and its README entry.
 
-use clap::Parser;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, ValueEnum};
+use plumbing::backoff::parse_duration;
 use plumbing::kafka::KafkaArgs;
 use plumbing::registry::RegistryArgs;
 use plumbing::telemetry::LogArgs;
+use secrecy::SecretString;
 
 /// Consumes TrendingVideo records from Kafka and keeps PostgreSQL up to date with batched,
 /// idempotent upserts, committing offsets only after the database has committed.
+///
+/// The database URL (it holds a password) is read from the environment variable DATABASE_URL
+/// or from the file named by DATABASE_URL_FILE; it is never accepted as a flag, and never logged.
 #[derive(Debug, Clone, Parser)]
-#[command(version, about)]
+#[command(version, about, long_about)]
 pub struct Config {
     /// Kafka topic the records are consumed from.
     #[arg(long, env = "KAFKA_TOPIC", default_value = "youtube_trending")]
@@ -18,9 +29,54 @@ pub struct Config {
     #[arg(long, env = "KAFKA_GROUP_ID", default_value = "youtube-trending-sink")]
     pub group_id: String,
 
+    /// Dead-letter topic for records that cannot be decoded or validated
+    /// (default: `<KAFKA_TOPIC>.dlq`; created if missing).
+    #[arg(long, env = "SINK_DLQ_TOPIC")]
+    pub dlq_topic: Option<String>,
+
+    /// What to do with a poison record: `all` dead-letters it and goes on, `none` stops the sink
+    /// without committing past it (Kafka Connect's `errors.tolerance`).
+    #[arg(long, env = "SINK_ERRORS_TOLERANCE", value_enum, default_value_t = ErrorsTolerance::All)]
+    pub errors_tolerance: ErrorsTolerance,
+
+    /// A batch is written when it holds this many records...
+    #[arg(long, env = "SINK_BATCH_MAX_RECORDS", default_value_t = 5000)]
+    pub batch_max_records: usize,
+
+    /// ...or when its first record has waited this long, e.g. `200ms`.
+    #[arg(long, env = "SINK_BATCH_MAX_WAIT", default_value = "200ms", value_parser = parse_duration)]
+    pub batch_max_wait: Duration,
+
+    /// File holding the PostgreSQL URL (alternative to the DATABASE_URL variable), e.g.
+    /// `postgres://user:password@host:5432/db?sslmode=disable`.
+    #[arg(long, env = "DATABASE_URL_FILE")]
+    pub database_url_file: Option<PathBuf>,
+
+    /// Connections in the PostgreSQL pool.
+    #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 4)]
+    pub database_pool_size: usize,
+
+    /// Do not apply migrations at start-up (when they are applied by another process).
+    #[arg(long, env = "SINK_SKIP_MIGRATIONS")]
+    pub skip_migrations: bool,
+
+    /// First delay between retries of an unavailable dependency; doubles up to
+    /// RETRY_MAX_BACKOFF, with jitter.
+    #[arg(long, env = "RETRY_INITIAL_BACKOFF", default_value = "200ms", value_parser = parse_duration)]
+    pub retry_initial_backoff: Duration,
+
+    /// Cap of the delay between retries.
+    #[arg(long, env = "RETRY_MAX_BACKOFF", default_value = "30s", value_parser = parse_duration)]
+    pub retry_max_backoff: Duration,
+
+    /// Time given to the batch in flight after SIGTERM before it is abandoned (rolled back,
+    /// nothing committed: it is redone after restart).
+    #[arg(long, env = "SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
     /// Address of the HTTP port serving /metrics, /healthz and /readyz.
     #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:9102")]
-    pub http_addr: std::net::SocketAddr,
+    pub http_addr: SocketAddr,
 
     #[command(flatten)]
     pub kafka: KafkaArgs,
@@ -32,17 +88,74 @@ pub struct Config {
     pub log: LogArgs,
 }
 
+/// Kafka Connect's `errors.tolerance`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ErrorsTolerance {
+    /// Dead-letter poison records and go on.
+    All,
+    /// Stop at the first poison record.
+    None,
+}
+
+impl Config {
+    pub fn validate(self) -> anyhow::Result<Self> {
+        if self.batch_max_records == 0 {
+            bail!("SINK_BATCH_MAX_RECORDS must be at least 1");
+        }
+        if self.database_pool_size == 0 {
+            bail!("DATABASE_POOL_SIZE must be at least 1");
+        }
+        Ok(self)
+    }
+
+    pub fn dlq_topic(&self) -> String {
+        self.dlq_topic
+            .clone()
+            .unwrap_or_else(|| format!("{}.dlq", self.topic))
+    }
+
+    /// The database URL, from DATABASE_URL_FILE or DATABASE_URL.
+    pub fn database_url(&self) -> anyhow::Result<SecretString> {
+        let url = match &self.database_url_file {
+            Some(path) => std::fs::read_to_string(path)
+                .with_context(|| format!("reading DATABASE_URL_FILE {}", path.display()))?
+                .trim()
+                .to_string(),
+            None => std::env::var("DATABASE_URL").unwrap_or_default(),
+        };
+        if url.is_empty() {
+            bail!("no database: set DATABASE_URL or DATABASE_URL_FILE (postgres://user:password@host:5432/db)");
+        }
+        Ok(SecretString::from(url))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn defaults_parse_and_flags_override() {
-        let c = Config::try_parse_from(["x"]).unwrap();
+        let c = Config::try_parse_from(["x"]).unwrap().validate().unwrap();
         assert_eq!(c.topic, "youtube_trending");
-        let c =
-            Config::try_parse_from(["x", "--topic", "t2", "--http-addr", "127.0.0.1:0"]).unwrap();
-        assert_eq!(c.topic, "t2");
-        assert_eq!(c.http_addr.port(), 0);
+        assert_eq!(c.group_id, "youtube-trending-sink");
+        assert_eq!(c.dlq_topic(), "youtube_trending.dlq");
+        assert_eq!(c.errors_tolerance, ErrorsTolerance::All);
+        assert_eq!(c.batch_max_wait, Duration::from_millis(200));
+        let c = Config::try_parse_from([
+            "x",
+            "--topic",
+            "t2",
+            "--errors-tolerance",
+            "none",
+            "--batch-max-records",
+            "10",
+        ])
+        .unwrap()
+        .validate()
+        .unwrap();
+        assert_eq!(c.dlq_topic(), "t2.dlq");
+        assert_eq!(c.errors_tolerance, ErrorsTolerance::None);
+        assert_eq!(c.batch_max_records, 10);
     }
 }

@@ -1,7 +1,316 @@
 //! The sink connector: Kafka → Avro decode → batched idempotent upserts into PostgreSQL.
 //!
-//! Stages, one module each (being built): `config`, `consume`, `decode`, `batch`, `write`,
-//! `commit`, `dlq`.
+//! Stages, one module each, in data-flow order: [`config`] → [`consume`] (consumer group,
+//! batches, commits) → [`decode`] (wire format, registry, validation) → [`batch`] (dedup) →
+//! [`write`] (one transaction per batch) → commit, with poison records going to [`dlq`].
+//! [`migrate`] prepares the database; [`events`] is what the sink tells operators.
+//!
+//! Delivery: at least once, plus idempotent writes. Offsets move only after the database
+//! transaction (and the dead-letter produce) succeeded; a crash anywhere before replays the batch,
+//! which rewrites the same rows.
 
+pub mod batch;
 pub mod config;
+pub mod consume;
+pub mod decode;
+pub mod dlq;
+pub mod events;
 pub mod migrate;
+pub mod write;
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use chrono::Utc;
+use plumbing::backoff::Backoff;
+use plumbing::kafka::{ensure_topics, TopicSpec};
+use plumbing::readiness::Readiness;
+use rdkafka::message::OwnedMessage;
+use rdkafka::producer::FutureProducer;
+use rdkafka::consumer::Consumer;
+use rdkafka::Message;
+use schemas::TrendingVideo;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, ErrorsTolerance};
+use crate::consume::SinkConsumer;
+use crate::decode::{DecodeError, Decoder};
+use crate::dlq::DeadLetters;
+use crate::events::{BatchWritten, DependencyRetrying, RecordsDeadLettered};
+use crate::write::Writer;
+
+/// The dependencies `/readyz` reports on.
+pub const READINESS_CHECKS: &[&str] = &["kafka", "postgres", "schema_registry"];
+
+struct Sink {
+    consumer: SinkConsumer,
+    decoder: Decoder,
+    writer: Writer,
+    dlq: DeadLetters,
+    readiness: Readiness,
+    backoff: Backoff,
+    tolerance: ErrorsTolerance,
+}
+
+/// Runs the sink until `shutdown`. Returns an error on a poison record with
+/// `SINK_ERRORS_TOLERANCE=none`, or a permanent database error.
+pub async fn run(
+    config: Config,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let url = config.database_url()?;
+    let writer = Writer::new(&url, config.database_pool_size)?;
+    let backoff = Backoff::new(config.retry_initial_backoff, config.retry_max_backoff);
+    let dlq_topic = config.dlq_topic();
+
+    // Start-up steps wait for their dependency, with backoff, until shutdown.
+    let boot = async {
+        if !config.skip_migrations {
+            retry_until_ok(&backoff, &readiness, "postgres", || async {
+                let mut client = writer.client().await?;
+                let applied = migrate::run(&mut client).await?;
+                anyhow::Ok(applied)
+            })
+            .await;
+        }
+        retry_until_ok(&backoff, &readiness, "postgres", || writer.ping()).await;
+        let kafka_config = config.kafka.client_config(&[])?;
+        let dlq_spec = TopicSpec {
+            name: &dlq_topic,
+            partitions: 1,
+            replication: config.kafka.kafka_topic_replication,
+            configs: HashMap::new(),
+        };
+        retry_until_ok(&backoff, &readiness, "kafka", || {
+            ensure_topics(&kafka_config, std::slice::from_ref(&dlq_spec))
+        })
+        .await;
+        anyhow::Ok(())
+    };
+    tokio::select! {
+        r = boot => r?,
+        _ = shutdown.cancelled() => return Ok(()),
+    }
+    for check in READINESS_CHECKS {
+        readiness.set_ready(check);
+    }
+
+    let producer: FutureProducer = config
+        .kafka
+        .client_config(&[("enable.idempotence", "true"), ("acks", "all")])?
+        .create()
+        .context("creating the dead-letter producer")?;
+    let sink = Sink {
+        consumer: consume::consumer(&config.kafka, &config.group_id, &config.topic)?,
+        decoder: Decoder::new(&config.registry.schema_registry_url),
+        writer,
+        dlq: DeadLetters::new(producer, dlq_topic),
+        readiness,
+        backoff,
+        tolerance: config.errors_tolerance,
+    };
+    tracing::info!(topic = %config.topic, group = %config.group_id, dlq = sink.dlq.topic(),
+        batch_max_records = config.batch_max_records, "Sink connector started");
+
+    let result = loop {
+        let collected = tokio::select! {
+            _ = shutdown.cancelled() => break Ok(()),
+            b = consume::collect(&sink.consumer, config.batch_max_records, config.batch_max_wait) => b,
+        };
+        let batch = match collected {
+            Ok(b) => b,
+            Err(e) => {
+                sink.readiness.set_not_ready("kafka", e.to_string());
+                let delay = sink.backoff.delay(0);
+                DependencyRetrying { dependency: "kafka", kind: "consume", error: &e, attempt: 1, delay }
+                    .emit();
+                tokio::time::sleep(delay).await;
+                continue;
+            }
+        };
+        let processing = sink.process(&batch);
+        tokio::pin!(processing);
+        let done = tokio::select! {
+            r = &mut processing => r,
+            _ = shutdown.cancelled() => {
+                tracing::info!(records = batch.len(), "Shutdown: finishing the batch in flight");
+                match tokio::time::timeout(config.shutdown_grace, &mut processing).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        tracing::warn!("Shutdown: batch abandoned, rolled back and not committed; it is redone after restart");
+                        break Ok(());
+                    }
+                }
+            }
+        };
+        if let Err(e) = done {
+            break Err(e);
+        }
+    };
+    // Leave the group at once so the partitions move without waiting for the session timeout.
+    sink.consumer.unsubscribe();
+    tracing::info!("Sink connector stopped");
+    result
+}
+
+impl Sink {
+    /// Decode, write, dead-letter, commit; each step retried while its dependency is away.
+    async fn process(&self, batch: &[OwnedMessage]) -> anyhow::Result<()> {
+        let mut paused = false;
+        let decoded = self
+            .retry("schema_registry", &mut paused, |_| "unavailable", || self.decode(batch))
+            .await;
+        let mut good = Vec::with_capacity(batch.len());
+        let mut poison = Vec::new();
+        for (m, r) in batch.iter().zip(decoded) {
+            match r {
+                Ok(v) => good.push(v),
+                Err(e) => poison.push((m, e)),
+            }
+        }
+        if let (ErrorsTolerance::None, Some((m, e))) = (self.tolerance, poison.first()) {
+            bail!(
+                "poison record at {}[{}] offset {}: {e}. SINK_ERRORS_TOLERANCE=none: stopping \
+                 without committing past it (set it to `all` to dead-letter such records)",
+                m.topic(),
+                m.partition(),
+                m.offset()
+            );
+        }
+        let deduped = batch::dedup(&good);
+        let started = Instant::now();
+        let written = self
+            .retry("postgres", &mut paused, |e: &write::WriteError| e.kind(), || async {
+                match self.writer.write(&deduped).await {
+                    Err(e) if !e.is_retriable() => Ok(Err(e)),
+                    other => other.map(Ok),
+                }
+            })
+            .await
+            .context("writing a batch to PostgreSQL failed permanently")?;
+        let write_duration = started.elapsed();
+        if !poison.is_empty() {
+            self.retry("kafka", &mut paused, |_| "dead_letter", || self.dlq.send(&poison))
+                .await;
+            let mut by_reason = BTreeMap::new();
+            for (_, e) in &poison {
+                *by_reason.entry(e.reason()).or_insert(0u64) += 1;
+            }
+            RecordsDeadLettered {
+                topic: self.dlq.topic(),
+                by_reason,
+                first_error: poison[0].1.to_string(),
+            }
+            .emit();
+        }
+        let offsets = consume::next_offsets(batch);
+        let partitions_committed = self
+            .retry("kafka", &mut paused, |_| "commit", || async {
+                consume::commit(&self.consumer, &offsets)
+            })
+            .await;
+        if paused {
+            consume::set_paused(&self.consumer, false);
+        }
+        let now = Utc::now();
+        BatchWritten {
+            records: batch.len(),
+            deduplicated: deduped.duplicates(good.len()),
+            dead_lettered: poison.len(),
+            written,
+            partitions_committed,
+            write_duration,
+            latencies: good
+                .iter()
+                .map(|v| (now - v.fetched_at).num_milliseconds().max(0) as f64 / 1000.0)
+                .collect(),
+        }
+        .emit();
+        Ok(())
+    }
+
+    /// Decodes every record; fails as a whole only when the registry is unavailable.
+    async fn decode(
+        &self,
+        batch: &[OwnedMessage],
+    ) -> Result<Vec<Result<TrendingVideo, DecodeError>>, DecodeError> {
+        let mut out = Vec::with_capacity(batch.len());
+        for m in batch {
+            match self.decoder.decode(m.key(), m.payload()).await {
+                Err(e) if e.is_retriable() => return Err(e),
+                r => out.push(r),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs `f` until it succeeds. On the first failure the partitions are paused (no more
+    /// fetching: backpressure) and the dependency is reported not ready; nothing is committed
+    /// until the step succeeds.
+    async fn retry<T, E, F, Fut>(
+        &self,
+        dependency: &'static str,
+        paused: &mut bool,
+        kind: impl Fn(&E) -> &'static str,
+        mut f: F,
+    ) -> T
+    where
+        E: std::fmt::Display,
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, E>>,
+    {
+        let mut attempt = 0;
+        loop {
+            match f().await {
+                Ok(v) => {
+                    if attempt > 0 {
+                        tracing::info!(dependency, attempts = attempt + 1, "Dependency back");
+                    }
+                    self.readiness.set_ready(dependency);
+                    return v;
+                }
+                Err(e) => {
+                    if !*paused {
+                        consume::set_paused(&self.consumer, true);
+                        *paused = true;
+                    }
+                    self.readiness.set_not_ready(dependency, e.to_string());
+                    let delay = self.backoff.delay(attempt);
+                    attempt += 1;
+                    DependencyRetrying { dependency, kind: kind(&e), error: &e, attempt, delay }.emit();
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+}
+
+/// Retries a start-up step until it succeeds, reporting `check` not ready meanwhile.
+async fn retry_until_ok<T, E, F, Fut>(
+    backoff: &Backoff,
+    readiness: &Readiness,
+    check: &'static str,
+    mut f: F,
+) -> T
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut attempt = 0;
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(e) => {
+                readiness.set_not_ready(check, e.to_string());
+                let delay = backoff.delay(attempt);
+                attempt += 1;
+                DependencyRetrying { dependency: check, kind: "startup", error: &e, attempt, delay }
+                    .emit();
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! Consuming and committing.
+//!
+//! The consumer runs with `enable.auto.commit=false` and `enable.auto.offset.store=false`: the
+//! sink commits offsets itself, only after the transaction that wrote the records (and the
+//! dead-letter produce of poison records) has succeeded. The committed offset of a partition is
+//! the offset after the last record of the batch from that partition; this relies on Kafka's
+//! per-partition order, and on records of a partition being consumed contiguously from its
+//! committed offset (librdkafka restarts from it after every rebalance).
+//!
+//! Rebalances are served only while the sink polls, which it does only between batches. A batch
+//! collected across a revoke may hold records of partitions no longer owned: they are written
+//! (harmless, the writes are idempotent) but their offsets are not committed, so the new owner
+//! processes them again and nothing is skipped.
+
+use std::time::Duration;
+
+use metrics::counter;
+use plumbing::kafka::KafkaArgs;
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::KafkaResult;
+use rdkafka::message::{Headers, OwnedMessage};
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use tokio::time::Instant;
+
+/// Counts rebalances and logs the partitions that move.
+pub struct SinkContext;
+
+impl ClientContext for SinkContext {}
+
+impl ConsumerContext for SinkContext {
+    fn post_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let (kind, partitions) = match rebalance {
+            Rebalance::Assign(tpl) => ("assign", describe(tpl)),
+            Rebalance::Revoke(tpl) => ("revoke", describe(tpl)),
+            Rebalance::Error(e) => ("error", e.to_string()),
+        };
+        tracing::info!(kind, partitions, "Rebalance");
+        counter!("sink_rebalances_total", "kind" => kind).increment(1);
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "Offset commit failed");
+        }
+    }
+}
+
+fn describe(tpl: &TopicPartitionList) -> String {
+    tpl.elements()
+        .iter()
+        .map(|e| format!("{}[{}]", e.topic(), e.partition()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+pub type SinkConsumer = StreamConsumer<SinkContext>;
+
+pub fn consumer(kafka: &KafkaArgs, group: &str, topic: &str) -> anyhow::Result<SinkConsumer> {
+    let consumer: SinkConsumer = kafka
+        .client_config(&[
+            ("group.id", group),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("auto.offset.reset", "earliest"),
+            // Bounds what librdkafka prefetches per partition while the sink is busy or paused.
+            ("queued.max.messages.kbytes", "16384"),
+            ("session.timeout.ms", "10000"),
+        ])?
+        .create_with_context(SinkContext)?;
+    consumer.subscribe(&[topic])?;
+    Ok(consumer)
+}
+
+/// Collects up to `max` records, waiting at most `max_wait` after the first one.
+pub async fn collect(
+    consumer: &SinkConsumer,
+    max: usize,
+    max_wait: Duration,
+) -> KafkaResult<Vec<OwnedMessage>> {
+    let mut batch = Vec::new();
+    let first = consumer.recv().await?;
+    batch.push(first.detach());
+    let deadline = Instant::now() + max_wait;
+    while batch.len() < max {
+        match tokio::time::timeout_at(deadline, consumer.recv()).await {
+            Ok(m) => batch.push(m?.detach()),
+            Err(_) => break,
+        }
+    }
+    Ok(batch)
+}
+
+/// The offsets to commit after `batch`: per partition, the offset after its last record.
+pub fn next_offsets(batch: &[OwnedMessage]) -> Vec<(String, i32, i64)> {
+    let mut next: Vec<(String, i32, i64)> = Vec::new();
+    for m in batch {
+        match next
+            .iter_mut()
+            .find(|(t, p, _)| t == m.topic() && *p == m.partition())
+        {
+            Some(entry) => entry.2 = entry.2.max(m.offset() + 1),
+            None => next.push((m.topic().to_string(), m.partition(), m.offset() + 1)),
+        }
+    }
+    next
+}
+
+/// Commits `offsets` for the partitions this consumer still owns, synchronously; returns how
+/// many partitions were committed. Lists from the consumer are dropped before returning (a
+/// consumer closed while one is alive never finishes closing).
+pub fn commit(consumer: &SinkConsumer, offsets: &[(String, i32, i64)]) -> KafkaResult<usize> {
+    let assignment = consumer.assignment()?;
+    let mut tpl = TopicPartitionList::new();
+    for (topic, partition, offset) in offsets {
+        if assignment.find_partition(topic, *partition).is_some() {
+            tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
+        } else {
+            tracing::info!(topic, partition, "Not committing a partition no longer owned");
+        }
+    }
+    drop(assignment);
+    let n = tpl.count();
+    if n > 0 {
+        consumer.commit(&tpl, CommitMode::Sync)?;
+    }
+    Ok(n)
+}
+
+/// Stops fetching every owned partition (while a dependency is down) or starts again.
+pub fn set_paused(consumer: &SinkConsumer, paused: bool) {
+    let result = consumer.assignment().and_then(|a| {
+        if paused {
+            consumer.pause(&a)
+        } else {
+            consumer.resume(&a)
+        }
+    });
+    if let Err(e) = result {
+        tracing::warn!(error = %e, paused, "Could not pause or resume the partitions");
+    }
+}
+
+/// A header's value as text, for the DLQ tests and tools.
+pub fn header<'a>(m: &'a OwnedMessage, name: &str) -> Option<&'a [u8]> {
+    m.headers()?
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+}

@@ -1,0 +1,92 @@
+//! Everything the sink tells operators, as typed events whose `emit()` logs and counts together.
+//! Emitted per batch, never per record. Metric names are listed in the README ("Metrics").
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use metrics::{counter, histogram};
+
+use crate::write::Written;
+
+/// A batch was written and its offsets committed.
+pub struct BatchWritten {
+    pub records: usize,
+    pub deduplicated: usize,
+    pub dead_lettered: usize,
+    pub written: Written,
+    pub partitions_committed: usize,
+    pub write_duration: Duration,
+    /// Seconds from each record's `fetched_at` to now, for the end-to-end histogram.
+    pub latencies: Vec<f64>,
+}
+
+impl BatchWritten {
+    pub fn emit(&self) {
+        tracing::debug!(
+            records = self.records,
+            videos = self.written.videos,
+            snapshots = self.written.snapshots,
+            deduplicated = self.deduplicated,
+            dead_lettered = self.dead_lettered,
+            partitions = self.partitions_committed,
+            write_ms = self.write_duration.as_millis() as u64,
+            "Batch written and committed"
+        );
+        counter!("sink_records_consumed_total").increment(self.records as u64);
+        counter!("sink_records_written_total").increment((self.records - self.dead_lettered) as u64);
+        counter!("sink_records_deduplicated_total").increment(self.deduplicated as u64);
+        counter!("sink_rows_upserted_total", "table" => "videos").increment(self.written.videos);
+        counter!("sink_rows_upserted_total", "table" => "video_snapshots")
+            .increment(self.written.snapshots);
+        histogram!("sink_batch_size_records").record(self.records as f64);
+        histogram!("sink_batch_write_duration_seconds").record(self.write_duration.as_secs_f64());
+        let latency = histogram!("sink_end_to_end_latency_seconds");
+        for l in &self.latencies {
+            latency.record(*l);
+        }
+    }
+}
+
+/// Poison records sent to the dead-letter topic, by reason.
+pub struct RecordsDeadLettered<'a> {
+    pub topic: &'a str,
+    pub by_reason: BTreeMap<&'static str, u64>,
+    pub first_error: String,
+}
+
+impl RecordsDeadLettered<'_> {
+    pub fn emit(&self) {
+        tracing::warn!(dlq = self.topic, by_reason = ?self.by_reason, first_error = %self.first_error,
+            "Poison records sent to the dead-letter topic");
+        for (reason, n) in &self.by_reason {
+            counter!("sink_records_dead_lettered_total", "reason" => *reason).increment(*n);
+        }
+    }
+}
+
+/// A dependency failed; the batch is retried after `delay`, nothing committed meanwhile.
+pub struct DependencyRetrying<'a> {
+    /// `postgres`, `kafka` or `schema_registry`.
+    pub dependency: &'static str,
+    /// Bounded label (e.g. `connection`, `unavailable`).
+    pub kind: &'static str,
+    pub error: &'a dyn std::fmt::Display,
+    pub attempt: u32,
+    pub delay: Duration,
+}
+
+impl DependencyRetrying<'_> {
+    pub fn emit(&self) {
+        tracing::warn!(dependency = self.dependency, kind = self.kind, attempt = self.attempt,
+            retry_in_ms = self.delay.as_millis() as u64, error = %self.error,
+            "Dependency failed; partitions paused, nothing committed, retrying");
+        counter!("sink_retries_total", "dependency" => self.dependency, "kind" => self.kind)
+            .increment(1);
+        if self.dependency == "postgres" {
+            counter!("sink_db_errors_total", "kind" => self.kind).increment(1);
+        }
+        if self.kind == "commit" {
+            counter!("sink_commit_errors_total").increment(1);
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! Writing: one transaction per batch, three set-based statements whose parameter count does not
+//! grow with the batch (each column is one array parameter, expanded by `UNNEST`):
+//!
+//! 1. upsert `videos`, guarded so that an older record never overwrites a newer one
+//!    (`(last_fetched_at, region_code)` compared as a pair, so ties resolve the same way in any
+//!    order); `first_seen_at` keeps the earliest value;
+//! 2. lower `first_seen_at` of rows the guard kept (an older record arriving late);
+//! 3. upsert `video_snapshots` on its primary key.
+//!
+//! Replaying the topic from any offset, in any order, converges to the same tables.
+
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use secrecy::{ExposeSecret, SecretString};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::NoTls;
+
+use crate::batch::Deduped;
+
+const UPSERT_VIDEOS: &str = "
+INSERT INTO videos (video_id, region_code, rank, title, description, channel_id, channel_title,
+    category_id, category_name, tags, published_at, default_language, default_audio_language,
+    live_broadcast_content, thumbnail_url, duration_seconds, definition, dimension, caption,
+    licensed_content, view_count, like_count, comment_count, favorite_count, first_seen_at,
+    last_fetched_at)
+SELECT u.video_id, u.region_code, u.rank, u.title, u.description, u.channel_id, u.channel_title,
+    u.category_id, u.category_name,
+    CASE WHEN u.tags IS NULL THEN NULL ELSE ARRAY(SELECT jsonb_array_elements_text(u.tags::jsonb)) END,
+    u.published_at, u.default_language, u.default_audio_language, u.live_broadcast_content,
+    u.thumbnail_url, u.duration_seconds, u.definition, u.dimension, u.caption,
+    u.licensed_content, u.view_count, u.like_count, u.comment_count, u.favorite_count,
+    u.first_seen_at, u.last_fetched_at
+FROM UNNEST($1::text[], $2::text[], $3::int4[], $4::text[], $5::text[], $6::text[], $7::text[],
+    $8::text[], $9::text[], $10::text[], $11::timestamptz[], $12::text[], $13::text[],
+    $14::text[], $15::text[], $16::int8[], $17::text[], $18::text[], $19::bool[], $20::bool[],
+    $21::int8[], $22::int8[], $23::int8[], $24::int8[], $25::timestamptz[], $26::timestamptz[])
+  AS u(video_id, region_code, rank, title, description, channel_id, channel_title, category_id,
+    category_name, tags, published_at, default_language, default_audio_language,
+    live_broadcast_content, thumbnail_url, duration_seconds, definition, dimension, caption,
+    licensed_content, view_count, like_count, comment_count, favorite_count, first_seen_at,
+    last_fetched_at)
+ON CONFLICT (video_id) DO UPDATE SET
+    region_code = EXCLUDED.region_code, rank = EXCLUDED.rank, title = EXCLUDED.title,
+    description = EXCLUDED.description, channel_id = EXCLUDED.channel_id,
+    channel_title = EXCLUDED.channel_title, category_id = EXCLUDED.category_id,
+    category_name = EXCLUDED.category_name, tags = EXCLUDED.tags,
+    published_at = EXCLUDED.published_at, default_language = EXCLUDED.default_language,
+    default_audio_language = EXCLUDED.default_audio_language,
+    live_broadcast_content = EXCLUDED.live_broadcast_content,
+    thumbnail_url = EXCLUDED.thumbnail_url, duration_seconds = EXCLUDED.duration_seconds,
+    definition = EXCLUDED.definition, dimension = EXCLUDED.dimension,
+    caption = EXCLUDED.caption, licensed_content = EXCLUDED.licensed_content,
+    view_count = EXCLUDED.view_count, like_count = EXCLUDED.like_count,
+    comment_count = EXCLUDED.comment_count, favorite_count = EXCLUDED.favorite_count,
+    first_seen_at = LEAST(videos.first_seen_at, EXCLUDED.first_seen_at),
+    last_fetched_at = EXCLUDED.last_fetched_at
+WHERE (videos.last_fetched_at, videos.region_code) <= (EXCLUDED.last_fetched_at, EXCLUDED.region_code)";
+
+const LOWER_FIRST_SEEN: &str = "
+UPDATE videos SET first_seen_at = u.first_seen_at
+FROM UNNEST($1::text[], $2::timestamptz[]) AS u(video_id, first_seen_at)
+WHERE videos.video_id = u.video_id AND u.first_seen_at < videos.first_seen_at";
+
+const UPSERT_SNAPSHOTS: &str = "
+INSERT INTO video_snapshots (region_code, fetched_at, video_id, rank, view_count, like_count,
+    comment_count, favorite_count)
+SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::text[], $4::int4[], $5::int8[],
+    $6::int8[], $7::int8[], $8::int8[])
+ON CONFLICT (region_code, fetched_at, video_id) DO UPDATE SET
+    rank = EXCLUDED.rank, view_count = EXCLUDED.view_count, like_count = EXCLUDED.like_count,
+    comment_count = EXCLUDED.comment_count, favorite_count = EXCLUDED.favorite_count";
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("no database connection: {0}")]
+    Pool(String),
+    #[error("database error ({kind}): {message}")]
+    Db { kind: &'static str, message: String, retriable: bool },
+}
+
+impl WriteError {
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            WriteError::Pool(_) => true,
+            WriteError::Db { retriable, .. } => *retriable,
+        }
+    }
+
+    /// Bounded label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            WriteError::Pool(_) => "connection",
+            WriteError::Db { kind, .. } => kind,
+        }
+    }
+}
+
+impl From<tokio_postgres::Error> for WriteError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        let message = match e.as_db_error() {
+            Some(db) => format!("{}: {}", db.code().code(), db.message()),
+            None => e.to_string(),
+        };
+        let (kind, retriable) = match e.code() {
+            None => ("connection", true), // I/O, closed connection, timeout
+            Some(c) if c.code().starts_with("08") => ("connection", true),
+            Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED => {
+                ("conflict", true)
+            }
+            Some(c) if c.code().starts_with("53") || c.code().starts_with("57") => {
+                ("unavailable", true)
+            }
+            Some(_) => ("rejected", false),
+        };
+        WriteError::Db { kind, message, retriable }
+    }
+}
+
+/// Rows touched by one batch.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Written {
+    /// Rows of `videos` inserted or updated (rows kept by the guard are not counted).
+    pub videos: u64,
+    pub snapshots: u64,
+}
+
+pub struct Writer {
+    pool: Pool,
+}
+
+impl Writer {
+    /// A pool of connections; none is opened until first used.
+    pub fn new(url: &SecretString, size: usize) -> anyhow::Result<Self> {
+        let config = tokio_postgres::Config::from_str(url.expose_secret())
+            .map_err(|_| anyhow::anyhow!("DATABASE_URL is not a valid PostgreSQL URL"))?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(size)
+            .wait_timeout(Some(std::time::Duration::from_secs(10)))
+            .create_timeout(Some(std::time::Duration::from_secs(10)))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()?;
+        Ok(Writer { pool })
+    }
+
+    pub async fn client(&self) -> Result<deadpool_postgres::Client, WriteError> {
+        self.pool.get().await.map_err(|e| WriteError::Pool(e.to_string()))
+    }
+
+    /// `SELECT 1`, for readiness.
+    pub async fn ping(&self) -> Result<(), WriteError> {
+        self.client().await?.query_one("SELECT 1", &[]).await?;
+        Ok(())
+    }
+
+    /// Writes one deduplicated batch in one transaction.
+    pub async fn write(&self, batch: &Deduped<'_>) -> Result<Written, WriteError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let v = &batch.videos;
+        let col = |f: fn(&schemas::TrendingVideo) -> Option<String>| -> Vec<Option<String>> {
+            v.iter().map(|(r, _)| f(r)).collect()
+        };
+        let ids: Vec<&str> = v.iter().map(|(r, _)| r.video_id.as_str()).collect();
+        let regions: Vec<&str> = v.iter().map(|(r, _)| r.region_code.as_str()).collect();
+        let ranks: Vec<i32> = v.iter().map(|(r, _)| r.rank).collect();
+        let tags: Vec<Option<String>> = v
+            .iter()
+            .map(|(r, _)| r.tags.as_ref().map(|t| serde_json::to_string(t).expect("strings serialise")))
+            .collect();
+        let published: Vec<Option<DateTime<Utc>>> = v.iter().map(|(r, _)| r.published_at).collect();
+        let long = |f: fn(&schemas::TrendingVideo) -> Option<i64>| -> Vec<Option<i64>> {
+            v.iter().map(|(r, _)| f(r)).collect()
+        };
+        let boolean = |f: fn(&schemas::TrendingVideo) -> Option<bool>| -> Vec<Option<bool>> {
+            v.iter().map(|(r, _)| f(r)).collect()
+        };
+        let first_seen: Vec<DateTime<Utc>> = v.iter().map(|(_, first)| *first).collect();
+        let fetched: Vec<DateTime<Utc>> = v.iter().map(|(r, _)| r.fetched_at).collect();
+        let (title, description, channel_id, channel_title) = (
+            col(|r| r.title.clone()),
+            col(|r| r.description.clone()),
+            col(|r| r.channel_id.clone()),
+            col(|r| r.channel_title.clone()),
+        );
+        let (category_id, category_name, default_language, default_audio_language) = (
+            col(|r| r.category_id.clone()),
+            col(|r| r.category_name.clone()),
+            col(|r| r.default_language.clone()),
+            col(|r| r.default_audio_language.clone()),
+        );
+        let (live, thumbnail, definition, dimension) = (
+            col(|r| r.live_broadcast_content.clone()),
+            col(|r| r.thumbnail_url.clone()),
+            col(|r| r.definition.clone()),
+            col(|r| r.dimension.clone()),
+        );
+        let (duration, views, likes, comments, favorites) = (
+            long(|r| r.duration_seconds),
+            long(|r| r.view_count),
+            long(|r| r.like_count),
+            long(|r| r.comment_count),
+            long(|r| r.favorite_count),
+        );
+        let (caption, licensed) = (boolean(|r| r.caption), boolean(|r| r.licensed_content));
+
+        let upsert = tx.prepare_cached(UPSERT_VIDEOS).await?;
+        let videos = tx
+            .execute(
+                &upsert,
+                &[
+                    &ids, &regions, &ranks, &title, &description, &channel_id, &channel_title,
+                    &category_id, &category_name, &tags, &published, &default_language,
+                    &default_audio_language, &live, &thumbnail, &duration, &definition,
+                    &dimension, &caption, &licensed, &views, &likes, &comments, &favorites,
+                    &first_seen, &fetched,
+                ],
+            )
+            .await?;
+        let lower = tx.prepare_cached(LOWER_FIRST_SEEN).await?;
+        tx.execute(&lower, &[&ids, &first_seen]).await?;
+
+        let s = &batch.snapshots;
+        let s_regions: Vec<&str> = s.iter().map(|r| r.region_code.as_str()).collect();
+        let s_fetched: Vec<DateTime<Utc>> = s.iter().map(|r| r.fetched_at).collect();
+        let s_ids: Vec<&str> = s.iter().map(|r| r.video_id.as_str()).collect();
+        let s_ranks: Vec<i32> = s.iter().map(|r| r.rank).collect();
+        let s_long = |f: fn(&schemas::TrendingVideo) -> Option<i64>| -> Vec<Option<i64>> {
+            s.iter().map(|r| f(r)).collect()
+        };
+        let upsert = tx.prepare_cached(UPSERT_SNAPSHOTS).await?;
+        let snapshots = tx
+            .execute(
+                &upsert,
+                &[
+                    &s_regions,
+                    &s_fetched,
+                    &s_ids,
+                    &s_ranks,
+                    &s_long(|r| r.view_count),
+                    &s_long(|r| r.like_count),
+                    &s_long(|r| r.comment_count),
+                    &s_long(|r| r.favorite_count),
+                ],
+            )
+            .await?;
+        tx.commit().await?;
+        Ok(Written { videos, snapshots })
+    }
+}
