@@ -37,7 +37,10 @@ pub fn dedup(records: &[TrendingVideo]) -> Deduped<'_> {
                 *first = (*first).min(r.fetched_at);
             })
             .or_insert((r, r.fetched_at));
-        snapshots.insert((r.region_code.as_str(), r.fetched_at, r.video_id.as_str()), r);
+        snapshots.insert(
+            (r.region_code.as_str(), r.fetched_at, r.video_id.as_str()),
+            r,
+        );
     }
     Deduped {
         videos: videos.into_values().collect(),

@@ -115,7 +115,11 @@ pub fn commit(consumer: &SinkConsumer, offsets: &[(String, i32, i64)]) -> KafkaR
         if assignment.find_partition(topic, *partition).is_some() {
             tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
         } else {
-            tracing::info!(topic, partition, "Not committing a partition no longer owned");
+            tracing::info!(
+                topic,
+                partition,
+                "Not committing a partition no longer owned"
+            );
         }
     }
     drop(assignment);

@@ -72,8 +72,9 @@ impl Decoder {
             return Err(DecodeError::NotWireFormat);
         }
         let id = u32::from_be_bytes([value[1], value[2], value[3], value[4]]);
-        let decoded = match self.avro.decode(Some(value)).await {
-            Ok(d) => d,
+        let decoded = match self.avro.decode_with_schema(Some(value)).await {
+            Ok(Some(d)) => d,
+            Ok(None) => return Err(DecodeError::Tombstone),
             Err(e) => {
                 let detail = match &e.cause {
                     Some(c) => format!("{}: {c}", e.error),
@@ -90,6 +91,18 @@ impl Decoder {
                 });
             }
         };
+        // apache-avro 0.21 decodes a truncated body without error (the missing tail reads as
+        // nulls), and ignores trailing bytes. Avro's binary encoding is canonical, so the value
+        // must re-encode to exactly the body that was read; otherwise the record is corrupt.
+        let reencoded = apache_avro::to_avro_datum(&decoded.schema.parsed, decoded.value.clone())
+            .map_err(|e| DecodeError::Avro(e.to_string()))?;
+        if reencoded.len() != value.len() - 5 {
+            return Err(DecodeError::Avro(format!(
+                "the body is {} bytes but its value encodes to {}: truncated or followed by garbage",
+                value.len() - 5,
+                reencoded.len()
+            )));
+        }
         let video = TrendingVideo::from_avro(decoded.value)?;
         let key = key.ok_or(DecodeError::MissingKey)?;
         let key = std::str::from_utf8(key).map_err(|_| DecodeError::KeyNotUtf8)?;

@@ -38,10 +38,16 @@ impl DeadLetters {
                 .insert(h("__connect.errors.topic", m.topic()))
                 .insert(h("__connect.errors.partition", &partition))
                 .insert(h("__connect.errors.offset", &offset))
-                .insert(h("__connect.errors.connector.name", "youtube-trending-sink"))
+                .insert(h(
+                    "__connect.errors.connector.name",
+                    "youtube-trending-sink",
+                ))
                 .insert(h("__connect.errors.task.id", "0"))
                 .insert(h("__connect.errors.stage", "VALUE_CONVERTER"))
-                .insert(h("__connect.errors.class.name", "sink_connector::decode::Decoder"))
+                .insert(h(
+                    "__connect.errors.class.name",
+                    "sink_connector::decode::Decoder",
+                ))
                 .insert(h("__connect.errors.exception.class.name", &class))
                 .insert(h("__connect.errors.exception.message", &message));
             let mut record = FutureRecord::<[u8], [u8]>::to(&self.topic).headers(headers);

@@ -33,7 +33,8 @@ impl BatchWritten {
             "Batch written and committed"
         );
         counter!("sink_records_consumed_total").increment(self.records as u64);
-        counter!("sink_records_written_total").increment((self.records - self.dead_lettered) as u64);
+        counter!("sink_records_written_total")
+            .increment((self.records - self.dead_lettered) as u64);
         counter!("sink_records_deduplicated_total").increment(self.deduplicated as u64);
         counter!("sink_rows_upserted_total", "table" => "videos").increment(self.written.videos);
         counter!("sink_rows_upserted_total", "table" => "video_snapshots")

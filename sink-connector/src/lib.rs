@@ -26,9 +26,9 @@ use chrono::Utc;
 use plumbing::backoff::Backoff;
 use plumbing::kafka::{ensure_topics, TopicSpec};
 use plumbing::readiness::Readiness;
+use rdkafka::consumer::Consumer;
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::FutureProducer;
-use rdkafka::consumer::Consumer;
 use rdkafka::Message;
 use schemas::TrendingVideo;
 use tokio_util::sync::CancellationToken;
@@ -124,8 +124,14 @@ pub async fn run(
             Err(e) => {
                 sink.readiness.set_not_ready("kafka", e.to_string());
                 let delay = sink.backoff.delay(0);
-                DependencyRetrying { dependency: "kafka", kind: "consume", error: &e, attempt: 1, delay }
-                    .emit();
+                DependencyRetrying {
+                    dependency: "kafka",
+                    kind: "consume",
+                    error: &e,
+                    attempt: 1,
+                    delay,
+                }
+                .emit();
                 tokio::time::sleep(delay).await;
                 continue;
             }
@@ -160,7 +166,12 @@ impl Sink {
     async fn process(&self, batch: &[OwnedMessage]) -> anyhow::Result<()> {
         let mut paused = false;
         let decoded = self
-            .retry("schema_registry", &mut paused, |_| "unavailable", || self.decode(batch))
+            .retry(
+                "schema_registry",
+                &mut paused,
+                |_| "unavailable",
+                || self.decode(batch),
+            )
             .await;
         let mut good = Vec::with_capacity(batch.len());
         let mut poison = Vec::new();
@@ -182,18 +193,28 @@ impl Sink {
         let deduped = batch::dedup(&good);
         let started = Instant::now();
         let written = self
-            .retry("postgres", &mut paused, |e: &write::WriteError| e.kind(), || async {
-                match self.writer.write(&deduped).await {
-                    Err(e) if !e.is_retriable() => Ok(Err(e)),
-                    other => other.map(Ok),
-                }
-            })
+            .retry(
+                "postgres",
+                &mut paused,
+                |e: &write::WriteError| e.kind(),
+                || async {
+                    match self.writer.write(&deduped).await {
+                        Err(e) if !e.is_retriable() => Ok(Err(e)),
+                        other => other.map(Ok),
+                    }
+                },
+            )
             .await
             .context("writing a batch to PostgreSQL failed permanently")?;
         let write_duration = started.elapsed();
         if !poison.is_empty() {
-            self.retry("kafka", &mut paused, |_| "dead_letter", || self.dlq.send(&poison))
-                .await;
+            self.retry(
+                "kafka",
+                &mut paused,
+                |_| "dead_letter",
+                || self.dlq.send(&poison),
+            )
+            .await;
             let mut by_reason = BTreeMap::new();
             for (_, e) in &poison {
                 *by_reason.entry(e.reason()).or_insert(0u64) += 1;
@@ -207,9 +228,12 @@ impl Sink {
         }
         let offsets = consume::next_offsets(batch);
         let partitions_committed = self
-            .retry("kafka", &mut paused, |_| "commit", || async {
-                consume::commit(&self.consumer, &offsets)
-            })
+            .retry(
+                "kafka",
+                &mut paused,
+                |_| "commit",
+                || async { consume::commit(&self.consumer, &offsets) },
+            )
             .await;
         if paused {
             consume::set_paused(&self.consumer, false);
@@ -279,7 +303,14 @@ impl Sink {
                     self.readiness.set_not_ready(dependency, e.to_string());
                     let delay = self.backoff.delay(attempt);
                     attempt += 1;
-                    DependencyRetrying { dependency, kind: kind(&e), error: &e, attempt, delay }.emit();
+                    DependencyRetrying {
+                        dependency,
+                        kind: kind(&e),
+                        error: &e,
+                        attempt,
+                        delay,
+                    }
+                    .emit();
                     tokio::time::sleep(delay).await;
                 }
             }
@@ -307,8 +338,14 @@ where
                 readiness.set_not_ready(check, e.to_string());
                 let delay = backoff.delay(attempt);
                 attempt += 1;
-                DependencyRetrying { dependency: check, kind: "startup", error: &e, attempt, delay }
-                    .emit();
+                DependencyRetrying {
+                    dependency: check,
+                    kind: "startup",
+                    error: &e,
+                    attempt,
+                    delay,
+                }
+                .emit();
                 tokio::time::sleep(delay).await;
             }
         }

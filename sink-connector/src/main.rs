@@ -17,7 +17,10 @@ async fn main() -> ExitCode {
     match run(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "Sink connector stopped on an error");
+            tracing::error!(
+                error = format!("{e:#}"),
+                "Sink connector stopped on an error"
+            );
             ExitCode::from(1)
         }
     }
@@ -29,9 +32,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let shutdown = plumbing::shutdown::on_signals();
     let readiness = Readiness::new("sink", sink_connector::READINESS_CHECKS);
     let server_stop = tokio_util::sync::CancellationToken::new();
-    let (_, server) =
-        plumbing::serve::spawn(config.http_addr, metrics, readiness.clone(), server_stop.clone())
-            .await?;
+    let (_, server) = plumbing::serve::spawn(
+        config.http_addr,
+        metrics,
+        readiness.clone(),
+        server_stop.clone(),
+    )
+    .await?;
     let result = sink_connector::run(config, readiness, shutdown).await;
     server_stop.cancel();
     server.await.context("HTTP server task")?;

@@ -77,7 +77,11 @@ pub enum WriteError {
     #[error("no database connection: {0}")]
     Pool(String),
     #[error("database error ({kind}): {message}")]
-    Db { kind: &'static str, message: String, retriable: bool },
+    Db {
+        kind: &'static str,
+        message: String,
+        retriable: bool,
+    },
 }
 
 impl WriteError {
@@ -106,7 +110,10 @@ impl From<tokio_postgres::Error> for WriteError {
         let (kind, retriable) = match e.code() {
             None => ("connection", true), // I/O, closed connection, timeout
             Some(c) if c.code().starts_with("08") => ("connection", true),
-            Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED => {
+            Some(c)
+                if *c == SqlState::T_R_SERIALIZATION_FAILURE
+                    || *c == SqlState::T_R_DEADLOCK_DETECTED =>
+            {
                 ("conflict", true)
             }
             Some(c) if c.code().starts_with("53") || c.code().starts_with("57") => {
@@ -114,7 +121,11 @@ impl From<tokio_postgres::Error> for WriteError {
             }
             Some(_) => ("rejected", false),
         };
-        WriteError::Db { kind, message, retriable }
+        WriteError::Db {
+            kind,
+            message,
+            retriable,
+        }
     }
 }
 
@@ -152,7 +163,10 @@ impl Writer {
     }
 
     pub async fn client(&self) -> Result<deadpool_postgres::Client, WriteError> {
-        self.pool.get().await.map_err(|e| WriteError::Pool(e.to_string()))
+        self.pool
+            .get()
+            .await
+            .map_err(|e| WriteError::Pool(e.to_string()))
     }
 
     /// `SELECT 1`, for readiness.
@@ -174,7 +188,11 @@ impl Writer {
         let ranks: Vec<i32> = v.iter().map(|(r, _)| r.rank).collect();
         let tags: Vec<Option<String>> = v
             .iter()
-            .map(|(r, _)| r.tags.as_ref().map(|t| serde_json::to_string(t).expect("strings serialise")))
+            .map(|(r, _)| {
+                r.tags
+                    .as_ref()
+                    .map(|t| serde_json::to_string(t).expect("strings serialise"))
+            })
             .collect();
         let published: Vec<Option<DateTime<Utc>>> = v.iter().map(|(r, _)| r.published_at).collect();
         let long = |f: fn(&schemas::TrendingVideo) -> Option<i64>| -> Vec<Option<i64>> {
@@ -217,11 +235,32 @@ impl Writer {
             .execute(
                 &upsert,
                 &[
-                    &ids, &regions, &ranks, &title, &description, &channel_id, &channel_title,
-                    &category_id, &category_name, &tags, &published, &default_language,
-                    &default_audio_language, &live, &thumbnail, &duration, &definition,
-                    &dimension, &caption, &licensed, &views, &likes, &comments, &favorites,
-                    &first_seen, &fetched,
+                    &ids,
+                    &regions,
+                    &ranks,
+                    &title,
+                    &description,
+                    &channel_id,
+                    &channel_title,
+                    &category_id,
+                    &category_name,
+                    &tags,
+                    &published,
+                    &default_language,
+                    &default_audio_language,
+                    &live,
+                    &thumbnail,
+                    &duration,
+                    &definition,
+                    &dimension,
+                    &caption,
+                    &licensed,
+                    &views,
+                    &likes,
+                    &comments,
+                    &favorites,
+                    &first_seen,
+                    &fetched,
                 ],
             )
             .await?;
