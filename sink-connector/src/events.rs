@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use metrics::{counter, histogram};
+use metrics::{counter, gauge, histogram};
 
 use crate::write::Written;
 
@@ -89,5 +89,18 @@ impl DependencyRetrying<'_> {
         if self.kind == "commit" {
             counter!("sink_commit_errors_total").increment(1);
         }
+    }
+}
+
+/// Records of a partition not yet committed by the group.
+pub struct ConsumerLag {
+    pub partition: i32,
+    pub lag: i64,
+}
+
+impl ConsumerLag {
+    pub fn emit(&self) {
+        gauge!("sink_consumer_lag_records", "partition" => self.partition.to_string())
+            .set(self.lag as f64);
     }
 }

@@ -51,7 +51,11 @@ struct Sink {
     readiness: Readiness,
     backoff: Backoff,
     tolerance: ErrorsTolerance,
+    lag_reported_at: std::sync::Mutex<Option<Instant>>,
 }
+
+/// Lag is measured at most this often: each measure asks the broker for watermarks.
+const LAG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Runs the sink until `shutdown`. Returns an error on a poison record with
 /// `SINK_ERRORS_TOLERANCE=none`, or a permanent database error.
@@ -110,6 +114,7 @@ pub async fn run(
         readiness,
         backoff,
         tolerance: config.errors_tolerance,
+        lag_reported_at: std::sync::Mutex::new(None),
     };
     tracing::info!(topic = %config.topic, group = %config.group_id, dlq = sink.dlq.topic(),
         batch_max_records = config.batch_max_records, "Sink connector started");
@@ -238,6 +243,7 @@ impl Sink {
         if paused {
             consume::set_paused(&self.consumer, false);
         }
+        self.report_lag(&offsets);
         let now = Utc::now();
         BatchWritten {
             records: batch.len(),
@@ -253,6 +259,37 @@ impl Sink {
         }
         .emit();
         Ok(())
+    }
+
+    /// Consumer lag of the partitions of the batch just committed (high watermark minus the
+    /// committed offset), at most every [`LAG_INTERVAL`].
+    fn report_lag(&self, offsets: &[(String, i32, i64)]) {
+        {
+            let mut last = self.lag_reported_at.lock().expect("lag lock");
+            if last.is_some_and(|t| t.elapsed() < LAG_INTERVAL) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        // fetch_watermarks blocks on a broker round trip.
+        tokio::task::block_in_place(|| {
+            for (topic, partition, committed) in offsets {
+                match self.consumer.fetch_watermarks(
+                    topic,
+                    *partition,
+                    std::time::Duration::from_secs(2),
+                ) {
+                    Ok((_, high)) => events::ConsumerLag {
+                        partition: *partition,
+                        lag: (high - committed).max(0),
+                    }
+                    .emit(),
+                    Err(e) => {
+                        tracing::debug!(partition, error = %e, "Could not read watermarks for the lag")
+                    }
+                }
+            }
+        });
     }
 
     /// Decodes every record; fails as a whole only when the registry is unavailable.

@@ -69,6 +69,31 @@ async fn records_become_rows_and_offsets_are_committed_to_the_end() {
         "absent is NULL, not 0"
     );
     assert_eq!(nulls.get::<_, Option<Vec<String>>>(1), None);
+
+    let m = scrape(&sink.http_addr().await).await;
+    assert_eq!(
+        sample(&m, "sink_records_consumed_total", &[]),
+        Some(250.0),
+        "{m}"
+    );
+    assert_eq!(sample(&m, "sink_records_written_total", &[]), Some(250.0));
+    assert_eq!(
+        sample(
+            &m,
+            "sink_rows_upserted_total",
+            &[("table", "video_snapshots")]
+        ),
+        Some(250.0)
+    );
+    assert!(sample(&m, "sink_batch_size_records_count", &[]).unwrap() >= 1.0);
+    assert!(sample(&m, "sink_batch_write_duration_seconds_count", &[]).unwrap() >= 1.0);
+    assert_eq!(
+        sample(&m, "sink_end_to_end_latency_seconds_count", &[]),
+        Some(250.0)
+    );
+    assert_eq!(sample(&m, "sink_ready", &[]), Some(1.0));
+    assert!(sample(&m, "sink_rebalances_total", &[("kind", "assign")]).unwrap() >= 1.0);
+    assert!(m.contains("sink_consumer_lag_records{partition="), "{m}");
     sink.stop().await;
 }
 
@@ -247,6 +272,13 @@ async fn poison_records_go_to_the_dlq_with_connect_headers_and_the_rest_is_writt
         Some(&b"\xff\x00garbage"[..]),
         "original bytes kept"
     );
+    let m = scrape(&sink.http_addr().await).await;
+    let dead: f64 = m
+        .lines()
+        .filter(|l| l.starts_with("sink_records_dead_lettered_total{"))
+        .map(|l| l.rsplit_once(' ').unwrap().1.parse::<f64>().unwrap())
+        .sum();
+    assert_eq!(dead, poison.len() as f64, "{m}");
     sink.stop().await;
 }
 
