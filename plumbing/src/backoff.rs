@@ -52,6 +52,33 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(secs))
 }
 
+/// Runs `f` until it succeeds, sleeping a backoff between attempts. Before each sleep
+/// `on_failure(error, attempt, delay)` is called (attempt counts from 1) so the caller logs,
+/// counts and reports readiness: no retry is silent. Callers that must give up on a permanent
+/// error return it inside `Ok` (e.g. `Result<Result<T, E>, E>`).
+pub async fn retry_until_ok<T, E, F, Fut>(
+    backoff: &Backoff,
+    mut on_failure: impl FnMut(&E, u32, Duration),
+    mut f: F,
+) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut attempt = 0;
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(e) => {
+                let delay = backoff.delay(attempt);
+                attempt += 1;
+                on_failure(&e, attempt, delay);
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -85,14 +85,11 @@ impl KafkaArgs {
     }
 
     fn sasl_password(&self) -> anyhow::Result<Option<SecretString>> {
-        if let Some(path) = &self.kafka_sasl_password_file {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading KAFKA_SASL_PASSWORD_FILE {}", path.display()))?;
-            return Ok(Some(SecretString::from(text.trim_end().to_string())));
-        }
-        Ok(std::env::var("KAFKA_SASL_PASSWORD")
-            .ok()
-            .map(SecretString::from))
+        crate::secret::from_env_or_file(
+            "KAFKA_SASL_PASSWORD",
+            self.kafka_sasl_password_file.as_deref(),
+            "KAFKA_SASL_PASSWORD_FILE",
+        )
     }
 }
 

@@ -1,6 +1,8 @@
 //! Plumbing shared by the source and the sink connectors, so that neither binary carries a copy:
 //!
 //! - [`backoff`]: capped exponential backoff with jitter, and the duration syntax of configs;
+//! - [`secret`]: secrets from the environment or a file, never flags;
+//! - [`service`]: what both `main`s do: tracing, metrics, signals, the HTTP port, exit code;
 //! - [`serve`]: the one HTTP port with `/metrics`, `/healthz` and `/readyz`;
 //! - [`readiness`]: what `/readyz` reports, set by the pipeline stages;
 //! - [`shutdown`]: the one cancellation signal fanned out to every loop;
@@ -13,7 +15,9 @@ pub mod backoff;
 pub mod kafka;
 pub mod readiness;
 pub mod registry;
+pub mod secret;
 pub mod serve;
+pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 

@@ -143,6 +143,23 @@ pub fn with_database(url: &str, db: &str) -> String {
     out
 }
 
+/// The value of one sample in a Prometheus text exposition, matching `name` exactly and every
+/// `labels` pair in any order.
+pub fn metric_sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+        if metric != name
+            || !labels
+                .iter()
+                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+        {
+            return None;
+        }
+        value.parse().ok()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

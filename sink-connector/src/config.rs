@@ -116,17 +116,15 @@ impl Config {
 
     /// The database URL, from DATABASE_URL_FILE or DATABASE_URL.
     pub fn database_url(&self) -> anyhow::Result<SecretString> {
-        let url = match &self.database_url_file {
-            Some(path) => std::fs::read_to_string(path)
-                .with_context(|| format!("reading DATABASE_URL_FILE {}", path.display()))?
-                .trim()
-                .to_string(),
-            None => std::env::var("DATABASE_URL").unwrap_or_default(),
-        };
-        if url.is_empty() {
-            bail!("no database: set DATABASE_URL or DATABASE_URL_FILE (postgres://user:password@host:5432/db)");
-        }
-        Ok(SecretString::from(url))
+        plumbing::secret::from_env_or_file(
+            "DATABASE_URL",
+            self.database_url_file.as_deref(),
+            "DATABASE_URL_FILE",
+        )?
+        .context(
+            "no database: set DATABASE_URL or DATABASE_URL_FILE \
+             (postgres://user:password@host:5432/db)",
+        )
     }
 }
 

@@ -57,13 +57,13 @@ struct Sink {
 /// Lag is measured at most this often: each measure asks the broker for watermarks.
 const LAG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Runs the sink until `shutdown`. Returns an error on a poison record with
-/// `SINK_ERRORS_TOLERANCE=none`, or a permanent database error.
+/// Runs the sink until `shutdown` (then returns `Ok(true)`). Returns an error on a poison record
+/// with `SINK_ERRORS_TOLERANCE=none`, or a permanent database error.
 pub async fn run(
     config: Config,
     readiness: Readiness,
     shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<bool> {
     let url = config.database_url()?;
     let writer = Writer::new(&url, config.database_pool_size)?;
     let backoff = Backoff::new(config.retry_initial_backoff, config.retry_max_backoff);
@@ -95,7 +95,7 @@ pub async fn run(
     };
     tokio::select! {
         r = boot => r?,
-        _ = shutdown.cancelled() => return Ok(()),
+        _ = shutdown.cancelled() => return Ok(true),
     }
     for check in READINESS_CHECKS {
         readiness.set_ready(check);
@@ -121,7 +121,7 @@ pub async fn run(
 
     let result = loop {
         let collected = tokio::select! {
-            _ = shutdown.cancelled() => break Ok(()),
+            _ = shutdown.cancelled() => break Ok(true),
             b = consume::collect(&sink.consumer, config.batch_max_records, config.batch_max_wait) => b,
         };
         let batch = match collected {
@@ -151,7 +151,7 @@ pub async fn run(
                     Ok(r) => r,
                     Err(_) => {
                         tracing::warn!("Shutdown: batch abandoned, rolled back and not committed; it is redone after restart");
-                        break Ok(());
+                        break Ok(true);
                     }
                 }
             }
@@ -315,43 +315,36 @@ impl Sink {
         dependency: &'static str,
         paused: &mut bool,
         kind: impl Fn(&E) -> &'static str,
-        mut f: F,
+        f: F,
     ) -> T
     where
         E: std::fmt::Display,
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, E>>,
     {
-        let mut attempt = 0;
-        loop {
-            match f().await {
-                Ok(v) => {
-                    if attempt > 0 {
-                        tracing::info!(dependency, attempts = attempt + 1, "Dependency back");
-                    }
-                    self.readiness.set_ready(dependency);
-                    return v;
-                }
-                Err(e) => {
-                    if !*paused {
-                        consume::set_paused(&self.consumer, true);
-                        *paused = true;
-                    }
-                    self.readiness.set_not_ready(dependency, e.to_string());
-                    let delay = self.backoff.delay(attempt);
-                    attempt += 1;
-                    DependencyRetrying {
-                        dependency,
-                        kind: kind(&e),
-                        error: &e,
-                        attempt,
-                        delay,
-                    }
-                    .emit();
-                    tokio::time::sleep(delay).await;
-                }
+        let mut failed = false;
+        let on_failure = |e: &E, attempt, delay| {
+            if !*paused {
+                consume::set_paused(&self.consumer, true);
+                *paused = true;
             }
+            failed = true;
+            self.readiness.set_not_ready(dependency, e.to_string());
+            DependencyRetrying {
+                dependency,
+                kind: kind(e),
+                error: e,
+                attempt,
+                delay,
+            }
+            .emit();
+        };
+        let value = plumbing::backoff::retry_until_ok(&self.backoff, on_failure, f).await;
+        if failed {
+            tracing::info!(dependency, "Dependency back");
         }
+        self.readiness.set_ready(dependency);
+        value
     }
 }
 
@@ -360,31 +353,23 @@ async fn retry_until_ok<T, E, F, Fut>(
     backoff: &Backoff,
     readiness: &Readiness,
     check: &'static str,
-    mut f: F,
+    f: F,
 ) -> T
 where
     E: std::fmt::Display,
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, E>>,
 {
-    let mut attempt = 0;
-    loop {
-        match f().await {
-            Ok(v) => return v,
-            Err(e) => {
-                readiness.set_not_ready(check, e.to_string());
-                let delay = backoff.delay(attempt);
-                attempt += 1;
-                DependencyRetrying {
-                    dependency: check,
-                    kind: "startup",
-                    error: &e,
-                    attempt,
-                    delay,
-                }
-                .emit();
-                tokio::time::sleep(delay).await;
-            }
+    let on_failure = |e: &E, attempt, delay| {
+        readiness.set_not_ready(check, e.to_string());
+        DependencyRetrying {
+            dependency: check,
+            kind: "startup",
+            error: e,
+            attempt,
+            delay,
         }
-    }
+        .emit();
+    };
+    plumbing::backoff::retry_until_ok(backoff, on_failure, f).await
 }

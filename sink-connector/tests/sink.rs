@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use common::*;
-use plumbing::testing::{unique, Stack};
+use plumbing::testing::{metric_sample, unique, Stack};
 use rdkafka::Message;
 
 #[tokio::test]
@@ -72,27 +72,30 @@ async fn records_become_rows_and_offsets_are_committed_to_the_end() {
 
     let m = scrape(&sink.http_addr().await).await;
     assert_eq!(
-        sample(&m, "sink_records_consumed_total", &[]),
+        metric_sample(&m, "sink_records_consumed_total", &[]),
         Some(250.0),
         "{m}"
     );
-    assert_eq!(sample(&m, "sink_records_written_total", &[]), Some(250.0));
     assert_eq!(
-        sample(
+        metric_sample(&m, "sink_records_written_total", &[]),
+        Some(250.0)
+    );
+    assert_eq!(
+        metric_sample(
             &m,
             "sink_rows_upserted_total",
             &[("table", "video_snapshots")]
         ),
         Some(250.0)
     );
-    assert!(sample(&m, "sink_batch_size_records_count", &[]).unwrap() >= 1.0);
-    assert!(sample(&m, "sink_batch_write_duration_seconds_count", &[]).unwrap() >= 1.0);
+    assert!(metric_sample(&m, "sink_batch_size_records_count", &[]).unwrap() >= 1.0);
+    assert!(metric_sample(&m, "sink_batch_write_duration_seconds_count", &[]).unwrap() >= 1.0);
     assert_eq!(
-        sample(&m, "sink_end_to_end_latency_seconds_count", &[]),
+        metric_sample(&m, "sink_end_to_end_latency_seconds_count", &[]),
         Some(250.0)
     );
-    assert_eq!(sample(&m, "sink_ready", &[]), Some(1.0));
-    assert!(sample(&m, "sink_rebalances_total", &[("kind", "assign")]).unwrap() >= 1.0);
+    assert_eq!(metric_sample(&m, "sink_ready", &[]), Some(1.0));
+    assert!(metric_sample(&m, "sink_rebalances_total", &[("kind", "assign")]).unwrap() >= 1.0);
     assert!(m.contains("sink_consumer_lag_records{partition="), "{m}");
     sink.stop().await;
 }

@@ -144,20 +144,15 @@ impl Config {
 
     /// The API key, from YOUTUBE_API_KEY_FILE or YOUTUBE_API_KEY.
     pub fn api_key(&self) -> anyhow::Result<SecretString> {
-        let key = match &self.api_key_file {
-            Some(path) => std::fs::read_to_string(path)
-                .with_context(|| format!("reading YOUTUBE_API_KEY_FILE {}", path.display()))?
-                .trim()
-                .to_string(),
-            None => std::env::var("YOUTUBE_API_KEY").unwrap_or_default(),
-        };
-        if key.is_empty() {
-            bail!(
-                "no YouTube API key: set YOUTUBE_API_KEY or YOUTUBE_API_KEY_FILE \
-                 (create one in the Google Cloud console, with the YouTube Data API v3 enabled)"
-            );
-        }
-        Ok(SecretString::from(key))
+        plumbing::secret::from_env_or_file(
+            "YOUTUBE_API_KEY",
+            self.api_key_file.as_deref(),
+            "YOUTUBE_API_KEY_FILE",
+        )?
+        .context(
+            "no YouTube API key: set YOUTUBE_API_KEY or YOUTUBE_API_KEY_FILE \
+             (create one in the Google Cloud console, with the YouTube Data API v3 enabled)",
+        )
     }
 }
 

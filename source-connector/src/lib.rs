@@ -69,14 +69,26 @@ pub async fn run(
             ensure_topics(&kafka_config, &topics)
         })
         .await;
-        let registered = retry_boot_fallible(&backoff, &readiness, || {
-            Publisher::register(
-                producer.clone(),
-                &config.registry.schema_registry_url,
-                &config.topic,
-                config.produce_timeout,
-            )
-        })
+        // A refused schema is permanent: it leaves the retry loop inside `Ok`.
+        let registered = retry_boot(
+            "register_schema",
+            &backoff,
+            &readiness,
+            "schema_registry",
+            || async {
+                match Publisher::register(
+                    producer.clone(),
+                    &config.registry.schema_registry_url,
+                    &config.topic,
+                    config.produce_timeout,
+                )
+                .await
+                {
+                    Err(e) if !e.is_retriable() => Ok(Err(e)),
+                    other => other.map(Ok),
+                }
+            },
+        )
         .await?;
         let last = retry_boot("load_state", &backoff, &readiness, "kafka", || {
             state::load(&config.kafka, &state_topic)
@@ -140,61 +152,22 @@ async fn retry_boot<T, E, F, Fut>(
     backoff: &Backoff,
     readiness: &Readiness,
     check: &'static str,
-    mut f: F,
+    f: F,
 ) -> T
 where
     E: std::fmt::Display,
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, E>>,
 {
-    let mut attempt = 0;
-    loop {
-        match f().await {
-            Ok(v) => return v,
-            Err(e) => {
-                let shown = format!("{e:#}");
-                readiness.set_not_ready(check, shown.clone());
-                let delay = backoff.delay(attempt);
-                BootRetrying {
-                    step,
-                    error: &shown,
-                    delay,
-                }
-                .emit();
-                tokio::time::sleep(delay).await;
-                attempt += 1;
-            }
+    let on_failure = |e: &E, _attempt, delay| {
+        let shown = format!("{e:#}");
+        readiness.set_not_ready(check, shown.clone());
+        BootRetrying {
+            step,
+            error: &shown,
+            delay,
         }
-    }
-}
-
-/// Schema registration: retried while the registry is away, fatal when it refuses the schema.
-async fn retry_boot_fallible<T, F, Fut>(
-    backoff: &Backoff,
-    readiness: &Readiness,
-    mut f: F,
-) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, produce::ProduceError>>,
-{
-    let mut attempt = 0;
-    loop {
-        match f().await {
-            Ok(v) => return Ok(v),
-            Err(e) if !e.is_retriable() => return Err(e.into()),
-            Err(e) => {
-                readiness.set_not_ready("schema_registry", e.to_string());
-                let delay = backoff.delay(attempt);
-                BootRetrying {
-                    step: "register_schema",
-                    error: &e,
-                    delay,
-                }
-                .emit();
-                tokio::time::sleep(delay).await;
-                attempt += 1;
-            }
-        }
-    }
+        .emit();
+    };
+    plumbing::backoff::retry_until_ok(backoff, on_failure, f).await
 }

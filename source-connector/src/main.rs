@@ -1,8 +1,6 @@
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::Parser;
-use plumbing::readiness::Readiness;
 use source_connector::config::Config;
 
 #[tokio::main]
@@ -14,34 +12,13 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run(config).await {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::from(1),
-        Err(e) => {
-            tracing::error!(
-                error = format!("{e:#}"),
-                "Source connector stopped on an error"
-            );
-            ExitCode::from(1)
-        }
-    }
-}
-
-async fn run(config: Config) -> anyhow::Result<bool> {
-    plumbing::telemetry::init_tracing(&config.log)?;
-    let metrics = plumbing::telemetry::init_metrics()?;
-    let shutdown = plumbing::shutdown::on_signals();
-    let readiness = Readiness::new("source", source_connector::READINESS_CHECKS);
-    let server_stop = tokio_util::sync::CancellationToken::new();
-    let (_, server) = plumbing::serve::spawn(
-        config.http_addr,
-        metrics,
-        readiness.clone(),
-        server_stop.clone(),
+    let (log, http_addr) = (config.log.clone(), config.http_addr);
+    plumbing::service::run(
+        "source",
+        source_connector::READINESS_CHECKS,
+        &log,
+        http_addr,
+        |readiness, shutdown| source_connector::run(config, readiness, shutdown),
     )
-    .await?;
-    let result = source_connector::run(config, readiness, shutdown).await;
-    server_stop.cancel();
-    server.await.context("HTTP server task")?;
-    result
+    .await
 }

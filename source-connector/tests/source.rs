@@ -9,7 +9,7 @@ use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use apache_avro::types::Value as Avro;
-use plumbing::testing::{unique, Stack};
+use plumbing::testing::{metric_sample, unique, Stack};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use schema_registry_converter::async_impl::avro::AvroDecoder;
@@ -562,22 +562,6 @@ async fn a_region_without_a_chart_is_skipped_and_the_others_publish() {
     assert!(records.iter().all(|(_, r)| r.region_code == "FR"));
 }
 
-/// The value of one sample of a Prometheus text exposition, labels given in any order.
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines().find_map(|line| {
-        let (series, value) = line.rsplit_once(' ')?;
-        let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
-        if metric != name
-            || !labels
-                .iter()
-                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
-        {
-            return None;
-        }
-        value.parse().ok()
-    })
-}
-
 #[tokio::test]
 async fn metrics_and_readiness_tell_what_happened() {
     let stack = Stack::from_env().unwrap();
@@ -604,7 +588,7 @@ async fn metrics_and_readiness_tell_what_happened() {
     let (_, m) = get("/metrics").await;
     let fr = [("region", "FR")];
     assert_eq!(
-        sample(
+        metric_sample(
             &m,
             "source_polls_total",
             &[("region", "FR"), ("outcome", "success")]
@@ -612,12 +596,21 @@ async fn metrics_and_readiness_tell_what_happened() {
         Some(1.0),
         "{m}"
     );
-    assert_eq!(sample(&m, "source_videos_published_total", &fr), Some(60.0));
-    // 1 categories call, 1 failed + 2 good pages of videos.
-    assert_eq!(sample(&m, "source_api_quota_units_total", &fr), Some(4.0));
-    assert_eq!(sample(&m, "source_api_quota_units_today", &fr), Some(4.0));
     assert_eq!(
-        sample(
+        metric_sample(&m, "source_videos_published_total", &fr),
+        Some(60.0)
+    );
+    // 1 categories call, 1 failed + 2 good pages of videos.
+    assert_eq!(
+        metric_sample(&m, "source_api_quota_units_total", &fr),
+        Some(4.0)
+    );
+    assert_eq!(
+        metric_sample(&m, "source_api_quota_units_today", &fr),
+        Some(4.0)
+    );
+    assert_eq!(
+        metric_sample(
             &m,
             "source_api_requests_total",
             &[("endpoint", "videos"), ("status", "503")]
@@ -625,7 +618,7 @@ async fn metrics_and_readiness_tell_what_happened() {
         Some(1.0)
     );
     assert_eq!(
-        sample(
+        metric_sample(
             &m,
             "source_api_retries_total",
             &[("endpoint", "videos"), ("reason", "server_error")]
@@ -633,11 +626,11 @@ async fn metrics_and_readiness_tell_what_happened() {
         Some(1.0)
     );
     assert_eq!(
-        sample(&m, "source_poll_duration_seconds_count", &fr),
+        metric_sample(&m, "source_poll_duration_seconds_count", &fr),
         Some(1.0)
     );
-    assert!(sample(&m, "source_last_success_timestamp_seconds", &fr).unwrap() > 1.7e9);
-    assert_eq!(sample(&m, "source_ready", &[]), Some(1.0));
+    assert!(metric_sample(&m, "source_last_success_timestamp_seconds", &fr).unwrap() > 1.7e9);
+    assert_eq!(metric_sample(&m, "source_ready", &[]), Some(1.0));
     assert!(!m.contains(API_KEY));
     source.sigterm();
     assert!(source.wait(Duration::from_secs(30)).await.success());

@@ -336,19 +336,3 @@ pub async fn scrape(addr: &str) -> String {
         .await
         .unwrap()
 }
-
-/// The value of one sample of a Prometheus text exposition, labels given in any order.
-pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines().find_map(|line| {
-        let (series, value) = line.rsplit_once(' ')?;
-        let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
-        if metric != name
-            || !labels
-                .iter()
-                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
-        {
-            return None;
-        }
-        value.parse().ok()
-    })
-}
