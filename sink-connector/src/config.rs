@@ -21,12 +21,26 @@ use secrecy::SecretString;
 #[derive(Debug, Clone, Parser)]
 #[command(version, about, long_about)]
 pub struct Config {
+    /// Offset tools; without a subcommand the sink runs.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Kafka topic the records are consumed from.
-    #[arg(long, env = "KAFKA_TOPIC", default_value = "youtube_trending")]
+    #[arg(
+        long,
+        global = true,
+        env = "KAFKA_TOPIC",
+        default_value = "youtube_trending"
+    )]
     pub topic: String,
 
     /// Consumer group of the sink instances.
-    #[arg(long, env = "KAFKA_GROUP_ID", default_value = "youtube-trending-sink")]
+    #[arg(
+        long,
+        global = true,
+        env = "KAFKA_GROUP_ID",
+        default_value = "youtube-trending-sink"
+    )]
     pub group_id: String,
 
     /// Dead-letter topic for records that cannot be decoded or validated
@@ -86,6 +100,16 @@ pub struct Config {
 
     #[command(flatten)]
     pub log: LogArgs,
+}
+
+/// Operations on the sink's consumer group, for replays. Stop every sink instance first.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Move the group's committed offsets (dry run unless --execute), e.g.
+    /// `sink-connector reset-offsets --to-datetime 2026-11-01T00:00:00Z --execute`.
+    ResetOffsets(crate::replay::ResetArgs),
+    /// Show the group's state, members, committed offsets, end offsets and lag.
+    DescribeGroup,
 }
 
 /// Kafka Connect's `errors.tolerance`.

@@ -16,6 +16,7 @@ pub mod decode;
 pub mod dlq;
 pub mod events;
 pub mod migrate;
+pub mod replay;
 pub mod write;
 
 use std::collections::{BTreeMap, HashMap};

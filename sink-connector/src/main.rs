@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use sink_connector::config::Config;
+use sink_connector::config::{Command, Config};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -12,6 +12,26 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(command) = &config.command {
+        let result = match command {
+            Command::ResetOffsets(args) => {
+                sink_connector::replay::reset(&config.kafka, &config.group_id, &config.topic, args)
+            }
+            Command::DescribeGroup => {
+                sink_connector::replay::describe(&config.kafka, &config.group_id, &config.topic)
+            }
+        };
+        return match result {
+            Ok(table) => {
+                print!("{table}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(1)
+            }
+        };
+    }
     let (log, http_addr) = (config.log.clone(), config.http_addr);
     plumbing::service::run(
         "sink",
