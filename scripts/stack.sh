@@ -151,6 +151,8 @@ start_registry() {
 }
 
 start_prometheus() {
+    # A fresh TSDB at each start: the dashboard tests must see only what this run produced.
+    our_pid prometheus /usr/bin/prometheus >/dev/null || rm -rf "$DATA/prometheus"
     start prometheus /usr/bin/prometheus "$PROMETHEUS_PORT" /usr/bin/prometheus \
         --config.file="$ROOT/prometheus/local.yml" \
         --storage.tsdb.path="$DATA/prometheus" \

@@ -55,3 +55,31 @@ fn alert_rules_fire_and_resolve_as_their_unit_tests_say() {
     let out = promtool(&["test", "rules", "alerts_test.yml"]);
     assert!(out.contains("SUCCESS"), "{out}");
 }
+
+#[test]
+fn every_dashboard_panel_has_a_unit_and_a_datasource_variable() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../grafana/dashboards");
+    for name in ["pipeline.json", "trending.json"] {
+        let d: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join(name)).unwrap()).unwrap();
+        let vars: Vec<&str> = d["templating"]["list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["name"].as_str().unwrap())
+            .collect();
+        assert!(vars.contains(&"region"), "{name}: no region variable");
+        for p in d["panels"].as_array().unwrap() {
+            let title = p["title"].as_str().unwrap();
+            assert!(
+                p["fieldConfig"]["defaults"]["unit"].is_string(),
+                "{name}: `{title}` has no unit"
+            );
+            let uid = p["datasource"]["uid"].as_str().unwrap();
+            assert!(
+                uid.starts_with("${") && vars.contains(&&uid[2..uid.len() - 1]),
+                "{name}: `{title}` does not use a datasource variable"
+            );
+        }
+    }
+}
