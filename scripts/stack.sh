@@ -62,7 +62,8 @@ cargo_install() { # name version [extra args...]
 install() {
     mkdir -p "$LOGS"
     # Build deps of rdkafka (cmake-build with SSL) and the stack's Debian packages.
-    apt_install cmake pkg-config libssl-dev libcurl4-openssl-dev zlib1g-dev curl postgresql-15 prometheus
+    apt_install cmake pkg-config libssl-dev libcurl4-openssl-dev zlib1g-dev curl postgresql-15 prometheus \
+        docker-compose
     cargo_install tansu "$TANSU_VERSION" --features libsql,dynostore
     cargo_install rivven-schema "$RIVVEN_VERSION"
 }
