@@ -1,5 +1,5 @@
 # One entry point for the local stack and the tests. `make help` lists the targets.
-.PHONY: help install up down status test lint
+.PHONY: help install up down status test lint demo demo-down
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -15,6 +15,12 @@ down: ## stop what `make up` started, and wait until it has exited
 
 status: ## what answers on which port
 	scripts/stack.sh status
+
+demo: ## the whole pipeline here: stack, API stand-in (sample data) or real API, both connectors, summary
+	scripts/demo.sh up
+
+demo-down: ## stop the demo's connectors and the stack
+	scripts/demo.sh down
 
 test: up ## bring the stack up, then run every test (unit and integration)
 	cargo test --workspace --all-targets

@@ -11,6 +11,8 @@ pub mod events;
 pub mod produce;
 pub mod record;
 pub mod schedule;
+#[cfg(feature = "standin")]
+pub mod standin;
 pub mod state;
 pub mod youtube;
 

@@ -6,14 +6,13 @@
 //!
 //! The connectors listen on 9101 and 9102, the ports `prometheus/local.yml` scrapes.
 
-mod standin;
 
 use std::process::Stdio;
 use std::time::Duration;
 
 use plumbing::testing::{unique, Stack};
 use serde_json::Value;
-use standin::StandIn;
+use source_connector::standin::StandIn;
 use tokio::process::{Child, Command};
 
 const API_KEY: &str = "AIzaTEST-dashboards-key";

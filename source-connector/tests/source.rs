@@ -1,7 +1,6 @@
 //! The source connector as a user runs it: the real binary, against the real broker and
 //! schema registry of the local stack and the API stand-in. Every test has its own topic.
 
-mod standin;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -16,7 +15,7 @@ use schema_registry_converter::async_impl::avro::AvroDecoder;
 use schema_registry_converter::async_impl::schema_registry::SrSettings;
 use schemas::TrendingVideo;
 use serde_json::Value;
-use standin::{Fault, StandIn};
+use source_connector::standin::{self, Fault, StandIn};
 use tokio::process::{Child, Command};
 
 const API_KEY: &str = "AIzaTEST-secret-key-0123456789";

@@ -1,12 +1,11 @@
-//! An HTTP stand-in for the YouTube Data API v3, the one fake the tests may use: it answers
+//! An HTTP stand-in for the YouTube Data API v3 (feature `standin`), the one fake the tests may
+//! use, and the sample data source of the demo (`youtube-standin` binary). It answers
 //! `videos.list?chart=mostPopular` (with `nextPageToken` pagination, 50 per page) and
 //! `videoCategories.list` in the documented format, and can be told to fail.
 //!
 //! Its charts are built like real ones: counts as strings, optional fields sometimes absent
 //! (hidden likes, disabled comments, no tags, no language), French titles with accents and
 //! emoji, long descriptions, live streams (`P0D`), several thumbnail sizes.
-
-#![allow(dead_code)]
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -57,13 +56,20 @@ pub struct StandIn {
 }
 
 impl StandIn {
+    /// Serves on a free loopback port.
     pub async fn start() -> StandIn {
+        Self::start_on("127.0.0.1:0".parse().unwrap()).await
+    }
+
+    pub async fn start_on(addr: SocketAddr) -> StandIn {
         let inner = Arc::new(Mutex::new(Inner::default()));
         let app = Router::new()
             .route("/youtube/v3/videos", get(videos))
             .route("/youtube/v3/videoCategories", get(categories))
             .with_state(inner.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .unwrap_or_else(|e| panic!("binding the stand-in to {addr}: {e}"));
         let addr: SocketAddr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         StandIn {

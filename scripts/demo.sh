@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# The whole pipeline on this machine, without Docker: the local stack, a YouTube API stand-in
+# serving SAMPLE charts (or the real API when YOUTUBE_API_KEY is set), both connectors, then a
+# summary once the sink has caught up. Usage: scripts/demo.sh up|down
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+PIDS=.stack/pids
+LOGS=.stack/logs
+STANDIN_ADDR=127.0.0.1:18090
+REGIONS=${YOUTUBE_REGIONS:-FR,US,JP}
+say() { printf '[demo] %s\n' "$*" >&2; }
+
+stop_demo() {
+    for name in source sink standin; do
+        f="$PIDS/demo-$name.pid"
+        [ -f "$f" ] || continue
+        pid=$(cat "$f")
+        if kill -0 "$pid" 2>/dev/null; then
+            say "stopping $name (pid $pid)"
+            kill -TERM "$pid" 2>/dev/null || true
+            for _ in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+        rm -f "$f"
+    done
+}
+
+start() { # name log command...
+    local name=$1; shift
+    "$@" >>"$LOGS/demo-$name.log" 2>&1 </dev/null &
+    echo $! >"$PIDS/demo-$name.pid"
+}
+
+metric() { # port metric-name: sum of its samples
+    curl -fsS "http://127.0.0.1:$1/metrics" 2>/dev/null \
+        | awk -v m="$2" '$1 ~ "^"m"({|$)" {s += $2} END {print s + 0}'
+}
+
+case "${1:-up}" in
+    down)
+        stop_demo
+        scripts/stack.sh down
+        exit 0 ;;
+    up) ;;
+    *) echo "usage: scripts/demo.sh up|down" >&2; exit 2 ;;
+esac
+
+scripts/stack.sh up
+mkdir -p "$PIDS" "$LOGS"
+stop_demo
+say "building the connectors (first time: a few minutes)"
+cargo build -q -p source-connector -p sink-connector --features source-connector/standin --bins
+# shellcheck disable=SC1091
+. .stack/test.env
+export DATABASE_URL="$TEST_DATABASE_URL"
+export KAFKA_BOOTSTRAP_SERVERS="$TEST_KAFKA_BOOTSTRAP" SCHEMA_REGISTRY_URL="$TEST_SCHEMA_REGISTRY_URL"
+export YOUTUBE_REGIONS="$REGIONS"
+
+if [ -n "${YOUTUBE_API_KEY:-}" ]; then
+    say "YOUTUBE_API_KEY is set: polling the real YouTube API for $REGIONS"
+else
+    say "no YOUTUBE_API_KEY: SAMPLE DATA from the stand-in on $STANDIN_ADDR (not YouTube's charts)"
+    charts=()
+    IFS=, read -ra regions <<<"$REGIONS"
+    for r in "${regions[@]}"; do charts+=("$r=200"); done
+    start standin target/debug/youtube-standin "$STANDIN_ADDR" "${charts[@]}"
+    export YOUTUBE_API_BASE_URL="http://$STANDIN_ADDR/youtube/v3" YOUTUBE_API_KEY=sample-data-no-key
+fi
+HTTP_ADDR=127.0.0.1:9102 start sink target/debug/sink-connector
+HTTP_ADDR=127.0.0.1:9101 start source target/debug/source-connector
+say "source on :9101, sink on :9102 (logs: .stack/logs/demo-*.log)"
+
+# Wait until every region was polled and the sink has written every published record.
+nregions=$(tr ',' '\n' <<<"$REGIONS" | grep -c .)
+deadline=$((SECONDS + 300))
+while :; do
+    polls=$(curl -fsS http://127.0.0.1:9101/metrics 2>/dev/null | grep '^source_polls_total{' | grep -c 'outcome="success"' || true)
+    published=$(metric 9101 source_videos_published_total)
+    written=$(metric 9102 sink_records_written_total)
+    printf '\r[demo] regions polled %s/%s, records published %s, written to PostgreSQL %s   ' \
+        "$polls" "$nregions" "$published" "$written" >&2
+    if [ "$polls" -ge "$nregions" ] && [ "$published" -gt 0 ] && [ "$written" -ge "$published" ]; then
+        echo >&2; break
+    fi
+    if [ $SECONDS -ge $deadline ]; then
+        echo >&2; say "not caught up within 5 minutes; see .stack/logs/demo-*.log"; exit 1
+    fi
+    sleep 1
+done
+
+psql_q() { psql "$DATABASE_URL" -X -q -P pager=off "$@"; }
+echo
+echo "Rows per region (latest poll):"
+psql_q -c "SELECT region_code AS region, count(*) AS videos, max(fetched_at) AS polled_at
+           FROM video_snapshots s
+           WHERE fetched_at = (SELECT max(fetched_at) FROM video_snapshots WHERE region_code = s.region_code)
+           GROUP BY region_code ORDER BY region_code"
+first=$(cut -d, -f1 <<<"$REGIONS")
+echo "Today's top 10 in $first:"
+psql_q -c "SELECT s.rank, left(v.title, 50) AS title, v.channel_title AS channel, s.view_count AS views
+           FROM video_snapshots s JOIN videos v USING (video_id)
+           WHERE s.region_code = '$first'
+             AND s.fetched_at = (SELECT max(fetched_at) FROM video_snapshots WHERE region_code = '$first')
+           ORDER BY s.rank LIMIT 10"
+cat <<TXT
+Metrics:    http://127.0.0.1:9101/metrics (source), http://127.0.0.1:9102/metrics (sink)
+Prometheus: http://127.0.0.1:19090 (alerts loaded from prometheus/alerts.yml)
+Database:   psql "\$(grep TEST_DATABASE_URL .stack/test.env | cut -d= -f2-)"
+The connectors keep running (next poll in 30 min). Stop everything with: make demo-down
+TXT
