@@ -6,7 +6,6 @@
 //!
 //! The connectors listen on 9101 and 9102, the ports `prometheus/local.yml` scrapes.
 
-
 use std::process::Stdio;
 use std::time::Duration;
 

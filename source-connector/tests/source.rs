@@ -1,7 +1,6 @@
 //! The source connector as a user runs it: the real binary, against the real broker and
 //! schema registry of the local stack and the API stand-in. Every test has its own topic.
 
-
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};

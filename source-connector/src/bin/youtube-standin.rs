@@ -31,6 +31,9 @@ async fn main() {
     for (region, n) in &charts {
         standin.set_chart(region, *n);
     }
-    eprintln!("SAMPLE DATA: YouTube API stand-in on {} with charts {charts:?}", standin.url);
+    eprintln!(
+        "SAMPLE DATA: YouTube API stand-in on {} with charts {charts:?}",
+        standin.url
+    );
     std::future::pending::<()>().await;
 }
