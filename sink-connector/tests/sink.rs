@@ -70,12 +70,12 @@ async fn records_become_rows_and_offsets_are_committed_to_the_end() {
     );
     assert_eq!(nulls.get::<_, Option<Vec<String>>>(1), None);
 
-    let m = scrape(&sink.http_addr().await).await;
-    assert_eq!(
-        metric_sample(&m, "sink_records_consumed_total", &[]),
-        Some(250.0),
-        "{m}"
-    );
+    let m = wait_metric(
+        &sink.http_addr().await,
+        "sink_records_consumed_total",
+        250.0,
+    )
+    .await;
     assert_eq!(
         metric_sample(&m, "sink_records_written_total", &[]),
         Some(250.0)
@@ -275,7 +275,7 @@ async fn poison_records_go_to_the_dlq_with_connect_headers_and_the_rest_is_writt
         Some(&b"\xff\x00garbage"[..]),
         "original bytes kept"
     );
-    let m = scrape(&sink.http_addr().await).await;
+    let m = wait_metric(&sink.http_addr().await, "sink_records_consumed_total", 17.0).await;
     let dead: f64 = m
         .lines()
         .filter(|l| l.starts_with("sink_records_dead_lettered_total{"))

@@ -84,13 +84,7 @@ pub struct PollCompleted<'a> {
 
 impl PollCompleted<'_> {
     pub fn emit(&self) {
-        tracing::info!(
-            region = self.region,
-            videos = self.videos,
-            fetched_at = %self.fetched_at,
-            duration_ms = self.duration.as_millis() as u64,
-            "Poll published"
-        );
+        // Metrics before the log line: whoever reads the line may scrape at once.
         let region = self.region.to_string();
         counter!("source_polls_total", "region" => region.clone(), "outcome" => "success")
             .increment(1);
@@ -100,6 +94,13 @@ impl PollCompleted<'_> {
             .increment(self.videos as u64);
         gauge!("source_last_success_timestamp_seconds", "region" => region)
             .set(self.fetched_at.timestamp_millis() as f64 / 1000.0);
+        tracing::info!(
+            region = self.region,
+            videos = self.videos,
+            fetched_at = %self.fetched_at,
+            duration_ms = self.duration.as_millis() as u64,
+            "Poll published"
+        );
     }
 }
 

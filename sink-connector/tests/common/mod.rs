@@ -336,3 +336,21 @@ pub async fn scrape(addr: &str) -> String {
         .await
         .unwrap()
 }
+
+/// Waits until the sink's metric `name` (no labels) reaches `expected`: metrics are updated
+/// just after the commit that tests wait for, so a scrape right after may be early.
+pub async fn wait_metric(addr: &str, name: &str, expected: f64) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = scrape(addr).await;
+        let value = plumbing::testing::metric_sample(&m, name, &[]);
+        if value == Some(expected) {
+            return m;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} is {value:?}, expected {expected}:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
