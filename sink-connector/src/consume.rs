@@ -18,7 +18,7 @@ use metrics::counter;
 use plumbing::kafka::KafkaArgs;
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaResult;
-use rdkafka::message::{Headers, OwnedMessage};
+use rdkafka::message::OwnedMessage;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use tokio::time::Instant;
 
@@ -142,12 +142,4 @@ pub fn set_paused(consumer: &SinkConsumer, paused: bool) {
     if let Err(e) = result {
         tracing::warn!(error = %e, paused, "Could not pause or resume the partitions");
     }
-}
-
-/// A header's value as text, for the DLQ tests and tools.
-pub fn header<'a>(m: &'a OwnedMessage, name: &str) -> Option<&'a [u8]> {
-    m.headers()?
-        .iter()
-        .find(|h| h.key == name)
-        .and_then(|h| h.value)
 }
