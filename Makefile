@@ -1,5 +1,5 @@
 # One entry point for the local stack and the tests. `make help` lists the targets.
-.PHONY: help install up down status test lint demo demo-down
+.PHONY: help install up down status test lint demo demo-down bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -21,6 +21,10 @@ demo: ## the whole pipeline here: stack, API stand-in (sample data) or real API,
 
 demo-down: ## stop the demo's connectors and the stack
 	scripts/demo.sh down
+
+bench: up ## sink throughput against the raw PostgreSQL limit, RSS, CPU (BENCH_RECORDS, BENCH_BATCH)
+	cargo build --release -p sink-connector --bins --examples
+	target/release/examples/bench
 
 test: up ## bring the stack up, then run every test (unit and integration)
 	cargo test --workspace --all-targets
