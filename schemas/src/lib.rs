@@ -5,7 +5,6 @@
 //! the current schema first, so records written with an older, BACKWARD-compatible version of the
 //! schema decode too (missing nullable fields become `None`).
 
-use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use apache_avro::types::Value;
@@ -130,10 +129,16 @@ impl TrendingVideo {
         let resolved = value
             .resolve(schema())
             .map_err(|e| RecordError::Schema(e.to_string()))?;
-        let Value::Record(fields) = resolved else {
+        Self::from_current(resolved)
+    }
+
+    /// Like [`TrendingVideo::from_avro`] for a value already in the current schema's shape
+    /// (decoded with a writer's schema equal to the current one), skipping the resolution.
+    pub fn from_current(value: Value) -> Result<Self, RecordError> {
+        let Value::Record(fields) = value else {
             return Err(RecordError::Schema("not a record".into()));
         };
-        let mut f: HashMap<String, Value> = fields.into_iter().collect();
+        let mut f = Fields { fields, next: 0 };
         let video = TrendingVideo {
             video_id: req_string(&mut f, "video_id")?,
             region_code: req_string(&mut f, "region_code")?,
@@ -232,8 +237,26 @@ fn timestamp(v: Value) -> Option<DateTime<Utc>> {
     }
 }
 
+/// The fields of a record, taken by name. They come in schema order, so each lookup starts where
+/// the previous one stopped and usually succeeds at once.
+struct Fields {
+    fields: Vec<(String, Value)>,
+    next: usize,
+}
+
+impl Fields {
+    fn remove(&mut self, name: &str) -> Option<Value> {
+        let n = self.fields.len();
+        let at = (0..n)
+            .map(|i| (self.next + i) % n)
+            .find(|&i| self.fields[i].0 == name)?;
+        self.next = at + 1;
+        Some(std::mem::replace(&mut self.fields[at].1, Value::Null))
+    }
+}
+
 fn req<T>(
-    f: &mut HashMap<String, Value>,
+    f: &mut Fields,
     field: &'static str,
     map: impl FnOnce(Value) -> Option<T>,
 ) -> Result<T, RecordError> {
@@ -242,12 +265,12 @@ fn req<T>(
         .ok_or(RecordError::Field { field })
 }
 
-fn req_string(f: &mut HashMap<String, Value>, field: &'static str) -> Result<String, RecordError> {
+fn req_string(f: &mut Fields, field: &'static str) -> Result<String, RecordError> {
     req(f, field, string)
 }
 
 fn opt<T>(
-    f: &mut HashMap<String, Value>,
+    f: &mut Fields,
     field: &'static str,
     map: impl FnOnce(Value) -> Option<T>,
 ) -> Result<Option<T>, RecordError> {

@@ -82,6 +82,26 @@ fn rss_and_cpu(pid: u32) -> (u64, f64) {
     (hwm_kb * 1024, ticks / 100.0)
 }
 
+/// Reads the whole topic with a fresh group and the sink's fetch settings, doing nothing with
+/// the records: records/s.
+async fn broker_read_limit(stack: &Stack, topic: &str, n: usize) -> anyhow::Result<f64> {
+    use rdkafka::consumer::StreamConsumer;
+    let group = unique("bench-read-");
+    let mut settings = vec![
+        ("group.id", group.as_str()),
+        ("auto.offset.reset", "earliest"),
+    ];
+    settings.extend(sink_connector::consume::FETCH_SETTINGS);
+
+    let consumer: StreamConsumer = stack.kafka_config(&settings).create()?;
+    consumer.subscribe(&[topic])?;
+    let started = Instant::now();
+    for _ in 0..n {
+        consumer.recv().await?;
+    }
+    Ok(n as f64 / started.elapsed().as_secs_f64())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let n = env_usize("BENCH_RECORDS", 1_000_000);
@@ -145,6 +165,10 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     eprintln!("bench: produced {n} records to {topic}");
+
+    // What the broker can deliver to one consumer doing nothing with the records.
+    let read_rps = broker_read_limit(&stack, &topic, n).await?;
+    eprintln!("bench: broker read limit {read_rps:.0} records/s");
     let db = stack.create_database().await?;
     let group = unique("bench-");
     let exe = std::env::current_exe()?;
@@ -163,7 +187,10 @@ async fn main() -> anyhow::Result<()> {
         .env("SCHEMA_REGISTRY_URL", &stack.registry_url)
         .env("SINK_BATCH_MAX_RECORDS", batch.to_string())
         .env("HTTP_ADDR", "127.0.0.1:0")
-        .env("LOG_LEVEL", "warn")
+        .env(
+            "LOG_LEVEL",
+            std::env::var("BENCH_SINK_LOG_LEVEL").unwrap_or_else(|_| "warn".into()),
+        )
         .spawn()?;
     let pid = sink.id();
     let reader: BaseConsumer = stack.kafka_config(&[("group.id", &group)]).create()?;
@@ -201,6 +228,7 @@ async fn main() -> anyhow::Result<()> {
     println!("| records | {n} |");
     println!("| batch size | {batch} |");
     println!("| raw limit (rows/s) | {raw_rps:.0} |");
+    println!("| broker read limit (records/s) | {read_rps:.0} |");
     println!("| sink drain (rows/s) | {sink_rps:.0} |");
     println!("| sink / raw | {:.0}% |", ratio * 100.0);
     println!(
@@ -210,7 +238,7 @@ async fn main() -> anyhow::Result<()> {
     println!("| sink CPU (s) | {cpu:.1} |");
     let json = serde_json::json!({
         "records": n, "batch": batch,
-        "raw_rows_per_sec": raw_rps, "sink_rows_per_sec": sink_rps, "sink_to_raw_ratio": ratio,
+        "raw_rows_per_sec": raw_rps, "broker_read_records_per_sec": read_rps, "sink_rows_per_sec": sink_rps, "sink_to_raw_ratio": ratio,
         "sink_peak_rss_bytes": peak_rss, "sink_cpu_seconds": cpu,
         "measured_at": Utc::now().to_rfc3339(),
     });

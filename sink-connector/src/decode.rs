@@ -2,6 +2,9 @@
 //! cached) → the current TrendingVideo schema → validation. Records written with an older
 //! compatible schema version decode too.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use schema_registry_converter::async_impl::avro::AvroDecoder;
 use schema_registry_converter::async_impl::schema_registry::SrSettings;
 use schemas::{RecordError, TrendingVideo};
@@ -51,14 +54,26 @@ impl DecodeError {
     }
 }
 
+/// A writer's schema, as fetched once per schema id.
+struct WriterSchema {
+    parsed: apache_avro::Schema,
+    /// Equal to the current schema: values need no resolution.
+    is_current: bool,
+}
+
 pub struct Decoder {
-    avro: AvroDecoder<'static>,
+    /// Fetches writer's schemas from the registry, sharing concurrent requests for one id.
+    registry: AvroDecoder<'static>,
+    /// Writer's schemas by id, so the registry client is needed only for the first record of
+    /// each id.
+    schemas: Mutex<HashMap<u32, Arc<WriterSchema>>>,
 }
 
 impl Decoder {
     pub fn new(registry_url: &str) -> Self {
         Decoder {
-            avro: AvroDecoder::new(SrSettings::new(registry_url.to_string())),
+            registry: AvroDecoder::new(SrSettings::new(registry_url.to_string())),
+            schemas: Mutex::new(HashMap::new()),
         }
     }
 
@@ -72,38 +87,26 @@ impl Decoder {
             return Err(DecodeError::NotWireFormat);
         }
         let id = u32::from_be_bytes([value[1], value[2], value[3], value[4]]);
-        let decoded = match self.avro.decode_with_schema(Some(value)).await {
-            Ok(Some(d)) => d,
-            Ok(None) => return Err(DecodeError::Tombstone),
-            Err(e) => {
-                let detail = match &e.cause {
-                    Some(c) => format!("{}: {c}", e.error),
-                    None => e.error.clone(),
-                };
-                return Err(if e.retriable {
-                    // Errors are cached by the decoder; a transient one must not stick.
-                    self.avro.remove_errors_from_cache();
-                    DecodeError::RegistryUnavailable(detail)
-                } else if detail.contains("transform bytes") {
-                    DecodeError::Avro(detail)
-                } else {
-                    DecodeError::Schema { id, detail }
-                });
-            }
+        let writer = self.writer_schema(id, value).await?;
+        let mut body = Body {
+            rest: &value[5..],
+            overrun: false,
         };
-        // apache-avro 0.21 decodes a truncated body without error (the missing tail reads as
-        // nulls), and ignores trailing bytes. Avro's binary encoding is canonical, so the value
-        // must re-encode to exactly the body that was read; otherwise the record is corrupt.
-        let reencoded = apache_avro::to_avro_datum(&decoded.schema.parsed, decoded.value.clone())
+        let decoded = apache_avro::from_avro_datum(&writer.parsed, &mut body, None)
             .map_err(|e| DecodeError::Avro(e.to_string()))?;
-        if reencoded.len() != value.len() - 5 {
+        // apache-avro 0.21 reads a missing tail as nulls instead of failing, and ignores trailing
+        // bytes: a record is whole only if decoding used exactly its body.
+        if body.overrun || !body.rest.is_empty() {
             return Err(DecodeError::Avro(format!(
-                "the body is {} bytes but its value encodes to {}: truncated or followed by garbage",
-                value.len() - 5,
-                reencoded.len()
+                "the {}-byte body does not match its schema: truncated or followed by garbage",
+                value.len() - 5
             )));
         }
-        let video = TrendingVideo::from_avro(decoded.value)?;
+        let video = if writer.is_current {
+            TrendingVideo::from_current(decoded)?
+        } else {
+            TrendingVideo::from_avro(decoded)?
+        };
         let key = key.ok_or(DecodeError::MissingKey)?;
         let key = std::str::from_utf8(key).map_err(|_| DecodeError::KeyNotUtf8)?;
         if key != video.video_id {
@@ -113,5 +116,56 @@ impl Decoder {
             });
         }
         Ok(video)
+    }
+
+    /// The writer's schema of `id`, from the cache or the registry (through the first record
+    /// that uses it).
+    async fn writer_schema(&self, id: u32, value: &[u8]) -> Result<Arc<WriterSchema>, DecodeError> {
+        if let Some(s) = self.schemas.lock().expect("schema cache lock").get(&id) {
+            return Ok(s.clone());
+        }
+        let fetched = match self.registry.decode_with_schema(Some(value)).await {
+            Ok(Some(d)) => d.schema,
+            Ok(None) => return Err(DecodeError::Tombstone),
+            Err(e) => {
+                let detail = match &e.cause {
+                    Some(c) => format!("{}: {c}", e.error),
+                    None => e.error.clone(),
+                };
+                return Err(if e.retriable {
+                    // Errors are cached by the registry client; a transient one must not stick.
+                    self.registry.remove_errors_from_cache();
+                    DecodeError::RegistryUnavailable(detail)
+                } else if detail.contains("transform bytes") {
+                    DecodeError::Avro(detail)
+                } else {
+                    DecodeError::Schema { id, detail }
+                });
+            }
+        };
+        let writer = Arc::new(WriterSchema {
+            is_current: fetched.parsed.canonical_form() == schemas::schema().canonical_form(),
+            parsed: fetched.parsed.clone(),
+        });
+        self.schemas
+            .lock()
+            .expect("schema cache lock")
+            .insert(id, writer.clone());
+        Ok(writer)
+    }
+}
+
+/// An Avro body being read, remembering whether a read asked for more bytes than were left.
+struct Body<'a> {
+    rest: &'a [u8],
+    overrun: bool,
+}
+
+impl std::io::Read for Body<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if buf.len() > self.rest.len() {
+            self.overrun = true;
+        }
+        self.rest.read(buf)
     }
 }

@@ -27,7 +27,7 @@ impl DeadLetters {
     /// Produces every poison record and waits until the broker has acknowledged all of them.
     pub async fn send(
         &self,
-        poison: &[(&OwnedMessage, DecodeError)],
+        poison: &[(&OwnedMessage, &DecodeError)],
     ) -> Result<(), rdkafka::error::KafkaError> {
         let sends = poison.iter().map(|(m, error)| {
             let partition = m.partition().to_string();

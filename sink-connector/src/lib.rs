@@ -53,6 +53,8 @@ struct Sink {
     backoff: Backoff,
     tolerance: ErrorsTolerance,
     lag_reported_at: std::sync::Mutex<Option<Instant>>,
+    /// Stages waiting for a dependency; fetching is paused while there is one.
+    fetch_holders: std::sync::Mutex<usize>,
 }
 
 /// Lag is measured at most this often: each measure asks the broker for watermarks.
@@ -116,49 +118,55 @@ pub async fn run(
         backoff,
         tolerance: config.errors_tolerance,
         lag_reported_at: std::sync::Mutex::new(None),
+        fetch_holders: std::sync::Mutex::new(0),
     };
     tracing::info!(topic = %config.topic, group = %config.group_id, dlq = sink.dlq.topic(),
         batch_max_records = config.batch_max_records, "Sink connector started");
 
+    // Two stages overlap: while one batch is written and committed, the next is collected and
+    // decoded, so the sink's CPU work runs while PostgreSQL works on the previous batch. Batches
+    // still finish (write, dead-letter, commit) one at a time and in order.
+    let mut pending: Option<Prepared> = None;
     let result = loop {
-        let collected = tokio::select! {
-            _ = shutdown.cancelled() => break Ok(true),
-            b = consume::collect(&sink.consumer, config.batch_max_records, config.batch_max_wait) => b,
-        };
-        let batch = match collected {
-            Ok(b) => b,
-            Err(e) => {
-                sink.readiness.set_not_ready("kafka", e.to_string());
-                let delay = sink.backoff.delay(0);
-                DependencyRetrying {
-                    dependency: "kafka",
-                    kind: "consume",
-                    error: &e,
-                    attempt: 1,
-                    delay,
-                }
-                .emit();
-                tokio::time::sleep(delay).await;
-                continue;
+        let previous = pending.take();
+        let finishing = async {
+            match previous {
+                Some(p) => sink.finish(p).await,
+                None => Ok(()),
             }
         };
-        let processing = sink.process(&batch);
-        tokio::pin!(processing);
-        let done = tokio::select! {
-            r = &mut processing => r,
+        let preparing = async {
+            let batch = sink.collect(&config).await;
+            sink.prepare(batch).await
+        };
+        let mut finishing = std::pin::pin!(futures::future::maybe_done(finishing));
+        let mut preparing = std::pin::pin!(futures::future::maybe_done(preparing));
+        tokio::select! {
+            _ = futures::future::join(finishing.as_mut(), preparing.as_mut()) => {}
             _ = shutdown.cancelled() => {
-                tracing::info!(records = batch.len(), "Shutdown: finishing the batch in flight");
-                match tokio::time::timeout(config.shutdown_grace, &mut processing).await {
-                    Ok(r) => r,
+                // The batch being collected or decoded is dropped: it was not committed.
+                if let futures::future::MaybeDone::Future(_) = &*finishing {
+                    tracing::info!("Shutdown: finishing the batch in flight");
+                }
+                match tokio::time::timeout(config.shutdown_grace, finishing.as_mut()).await {
+                    Ok(()) => match finishing.as_mut().take_output() {
+                        Some(Err(e)) => break Err(e),
+                        _ => break Ok(true),
+                    },
                     Err(_) => {
                         tracing::warn!("Shutdown: batch abandoned, rolled back and not committed; it is redone after restart");
                         break Ok(true);
                     }
                 }
             }
-        };
-        if let Err(e) = done {
+        }
+        if let Some(Err(e)) = finishing.as_mut().take_output() {
             break Err(e);
+        }
+        match preparing.as_mut().take_output() {
+            Some(Ok(p)) => pending = Some(p),
+            Some(Err(e)) => break Err(e),
+            None => unreachable!("both stages are done"),
         }
     };
     // Leave the group at once so the partitions move without waiting for the session timeout.
@@ -167,27 +175,67 @@ pub async fn run(
     result
 }
 
+/// A batch decoded, waiting to be written and committed.
+struct Prepared {
+    batch: Vec<OwnedMessage>,
+    good: Vec<TrendingVideo>,
+    /// Poison records, by index in `batch`.
+    poison: Vec<(usize, DecodeError)>,
+}
+
 impl Sink {
-    /// Decode, write, dead-letter, commit; each step retried while its dependency is away.
-    async fn process(&self, batch: &[OwnedMessage]) -> anyhow::Result<()> {
-        let mut paused = false;
-        let decoded = self
-            .retry(
-                "schema_registry",
-                &mut paused,
-                |_| "unavailable",
-                || self.decode(batch),
+    /// Collects the next batch, waiting while the broker is unreachable.
+    async fn collect(&self, config: &Config) -> Vec<OwnedMessage> {
+        let mut attempt = 0;
+        loop {
+            match consume::collect(
+                &self.consumer,
+                config.batch_max_records,
+                config.batch_max_wait,
             )
+            .await
+            {
+                Ok(batch) => {
+                    if attempt > 0 {
+                        tracing::info!(dependency = "kafka", "Dependency back");
+                        self.readiness.set_ready("kafka");
+                    }
+                    return batch;
+                }
+                Err(e) => {
+                    self.readiness.set_not_ready("kafka", e.to_string());
+                    attempt += 1;
+                    let delay = self.backoff.delay(attempt - 1);
+                    DependencyRetrying {
+                        dependency: "kafka",
+                        kind: "consume",
+                        error: &e,
+                        attempt,
+                        delay,
+                    }
+                    .emit();
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    /// Decodes a batch, waiting while the registry is unavailable; fails on a poison record
+    /// with `SINK_ERRORS_TOLERANCE=none`.
+    async fn prepare(&self, batch: Vec<OwnedMessage>) -> anyhow::Result<Prepared> {
+        let decoded = self
+            .retry("schema_registry", |_| "unavailable", || self.decode(&batch))
             .await;
         let mut good = Vec::with_capacity(batch.len());
         let mut poison = Vec::new();
-        for (m, r) in batch.iter().zip(decoded) {
+        for (i, r) in decoded.into_iter().enumerate() {
             match r {
                 Ok(v) => good.push(v),
-                Err(e) => poison.push((m, e)),
+                Err(e) => poison.push((i, e)),
             }
         }
-        if let (ErrorsTolerance::None, Some((m, e))) = (self.tolerance, poison.first()) {
+        if let (ErrorsTolerance::None, Some((i, e))) = (self.tolerance, poison.first()) {
+            let m = &batch[*i];
             bail!(
                 "poison record at {}[{}] offset {}: {e}. SINK_ERRORS_TOLERANCE=none: stopping \
                  without committing past it (set it to `all` to dead-letter such records)",
@@ -196,12 +244,25 @@ impl Sink {
                 m.offset()
             );
         }
+        Ok(Prepared {
+            batch,
+            good,
+            poison,
+        })
+    }
+
+    /// Write, dead-letter, commit; each step retried while its dependency is away.
+    async fn finish(&self, prepared: Prepared) -> anyhow::Result<()> {
+        let Prepared {
+            batch,
+            good,
+            poison,
+        } = prepared;
         let deduped = batch::dedup(&good);
         let started = Instant::now();
         let written = self
             .retry(
                 "postgres",
-                &mut paused,
                 |e: &write::WriteError| e.kind(),
                 || async {
                     match self.writer.write(&deduped).await {
@@ -214,13 +275,10 @@ impl Sink {
             .context("writing a batch to PostgreSQL failed permanently")?;
         let write_duration = started.elapsed();
         if !poison.is_empty() {
-            self.retry(
-                "kafka",
-                &mut paused,
-                |_| "dead_letter",
-                || self.dlq.send(&poison),
-            )
-            .await;
+            let records: Vec<(&OwnedMessage, &DecodeError)> =
+                poison.iter().map(|(i, e)| (&batch[*i], e)).collect();
+            self.retry("kafka", |_| "dead_letter", || self.dlq.send(&records))
+                .await;
             let mut by_reason = BTreeMap::new();
             for (_, e) in &poison {
                 *by_reason.entry(e.reason()).or_insert(0u64) += 1;
@@ -232,18 +290,14 @@ impl Sink {
             }
             .emit();
         }
-        let offsets = consume::next_offsets(batch);
+        let offsets = consume::next_offsets(&batch);
         let partitions_committed = self
             .retry(
                 "kafka",
-                &mut paused,
                 |_| "commit",
                 || async { consume::commit(&self.consumer, &offsets) },
             )
             .await;
-        if paused {
-            consume::set_paused(&self.consumer, false);
-        }
         self.report_lag(&offsets);
         let now = Utc::now();
         BatchWritten {
@@ -299,7 +353,11 @@ impl Sink {
         batch: &[OwnedMessage],
     ) -> Result<Vec<Result<TrendingVideo, DecodeError>>, DecodeError> {
         let mut out = Vec::with_capacity(batch.len());
-        for m in batch {
+        for (i, m) in batch.iter().enumerate() {
+            // Decoding a cached schema never waits: let the write of the previous batch move on.
+            if i % 256 == 255 {
+                tokio::task::yield_now().await;
+            }
             match self.decoder.decode(m.key(), m.payload()).await {
                 Err(e) if e.is_retriable() => return Err(e),
                 r => out.push(r),
@@ -308,13 +366,12 @@ impl Sink {
         Ok(out)
     }
 
-    /// Runs `f` until it succeeds. On the first failure the partitions are paused (no more
-    /// fetching: backpressure) and the dependency is reported not ready; nothing is committed
-    /// until the step succeeds.
+    /// Runs `f` until it succeeds. While it fails the partitions are paused (no more fetching:
+    /// backpressure) and the dependency is reported not ready; nothing is committed until the
+    /// step succeeds.
     async fn retry<T, E, F, Fut>(
         &self,
         dependency: &'static str,
-        paused: &mut bool,
         kind: impl Fn(&E) -> &'static str,
         f: F,
     ) -> T
@@ -325,11 +382,10 @@ impl Sink {
     {
         let mut failed = false;
         let on_failure = |e: &E, attempt, delay| {
-            if !*paused {
-                consume::set_paused(&self.consumer, true);
-                *paused = true;
+            if !failed {
+                self.hold_fetching(true);
+                failed = true;
             }
-            failed = true;
             self.readiness.set_not_ready(dependency, e.to_string());
             DependencyRetrying {
                 dependency,
@@ -343,9 +399,26 @@ impl Sink {
         let value = plumbing::backoff::retry_until_ok(&self.backoff, on_failure, f).await;
         if failed {
             tracing::info!(dependency, "Dependency back");
+            self.hold_fetching(false);
         }
         self.readiness.set_ready(dependency);
         value
+    }
+
+    /// Pauses the partitions while at least one stage is waiting for a dependency.
+    fn hold_fetching(&self, hold: bool) {
+        let mut holders = self.fetch_holders.lock().expect("holders lock");
+        if hold {
+            *holders += 1;
+            if *holders == 1 {
+                consume::set_paused(&self.consumer, true);
+            }
+        } else {
+            *holders -= 1;
+            if *holders == 0 {
+                consume::set_paused(&self.consumer, false);
+            }
+        }
     }
 }
 
