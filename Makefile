@@ -22,8 +22,8 @@ demo: ## the whole pipeline here: stack, API stand-in (sample data) or real API,
 demo-down: ## stop the demo's connectors and the stack
 	scripts/demo.sh down
 
-bench: up ## sink throughput against the raw PostgreSQL limit, RSS, CPU (BENCH_RECORDS, BENCH_BATCH)
-	cargo build --release -p sink-connector --bins --examples
+bench: up ## throughput vs the raw PostgreSQL limit, scaling, latency, memory (BENCH_RECORDS, BENCH_BATCH, ...)
+	cargo build --release -p sink-connector -p source-connector --features source-connector/standin --bins --examples
 	target/release/examples/bench
 
 test: up ## bring the stack up, then run every test (unit and integration)
