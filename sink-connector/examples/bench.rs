@@ -175,7 +175,7 @@ async fn register(stack: &Stack, topic: &str) -> anyhow::Result<u32> {
     .id)
 }
 
-/// 1. The raw limit: rows/s.
+/// Step 1: The raw limit: rows/s.
 async fn raw_limit(stack: &Stack, data: &[TrendingVideo], batch: usize) -> anyhow::Result<f64> {
     let db = stack.create_database().await?;
     let writer = Writer::new(&SecretString::from(db.url.clone()), 1)?;
@@ -222,7 +222,7 @@ async fn produce(
     Ok((topic, ends))
 }
 
-/// 2. Reads the whole topic with a fresh group and the sink's fetch settings, doing nothing
+/// Step 2: Reads the whole topic with a fresh group and the sink's fetch settings, doing nothing
 /// with the records: records/s.
 async fn broker_read_limit(stack: &Stack, topic: &str, n: usize) -> anyhow::Result<f64> {
     let group = unique("bench-read-");
@@ -248,7 +248,7 @@ struct Drain {
     usage: Usage,
 }
 
-/// 3. Starts `instances` sinks with a fresh group and database and times them until every
+/// Step 3: Starts `instances` sinks with a fresh group and database and times them until every
 /// offset of `ends` is committed.
 async fn drain(
     stack: &Stack,
@@ -336,7 +336,7 @@ async fn visible(client: &tokio_postgres::Client) -> anyhow::Result<i64> {
         .get(0))
 }
 
-/// 4. Runs a sink, produces `rate` records/s for `secs` seconds, each with `fetched_at` = the
+/// Step 4: Runs a sink, produces `rate` records/s for `secs` seconds, each with `fetched_at` = the
 /// time of its send, and reads when each row became visible.
 async fn latency(stack: &Stack, rate: usize, secs: usize) -> anyhow::Result<Latency> {
     let topic = stack.create_topic(6).await?;
@@ -456,7 +456,7 @@ fn counter_sum(text: &str, name: &str) -> f64 {
         .sum()
 }
 
-/// 5. Runs the stand-in with 4 charts of 200 videos and the source binary until it published
+/// Step 5: Runs the stand-in with 4 charts of 200 videos and the source binary until it published
 /// them all.
 async fn source_poll(stack: &Stack) -> anyhow::Result<SourcePoll> {
     let (standin_addr, source_addr) = ("127.0.0.1:18199", "127.0.0.1:19199");
