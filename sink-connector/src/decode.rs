@@ -69,8 +69,19 @@ pub struct Decoder {
     schemas: Mutex<HashMap<u32, Arc<WriterSchema>>>,
 }
 
+/// How far in the future a record's `fetched_at` may be (clocks differ a little between hosts);
+/// beyond, the record is invalid: it would stay "latest" in `videos` for that long.
+pub const MAX_CLOCK_SKEW: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
+
+/// The longest string or array a record may hold, in bytes or items. apache-avro allocates what
+/// a length prefix announces before reading it; without a bound, a corrupt prefix would make it
+/// reserve gigabytes and abort the process, on every restart. No field can be longer than a
+/// Kafka record (1 MB by default).
+pub const MAX_FIELD_LENGTH: usize = 16 * 1024 * 1024;
+
 impl Decoder {
     pub fn new(registry_url: &str) -> Self {
+        apache_avro::util::max_allocation_bytes(MAX_FIELD_LENGTH);
         Decoder {
             registry: AvroDecoder::new(SrSettings::new(registry_url.to_string())),
             schemas: Mutex::new(HashMap::new()),
@@ -107,6 +118,16 @@ impl Decoder {
         } else {
             TrendingVideo::from_avro(decoded)?
         };
+        if video.fetched_at > chrono::Utc::now() + MAX_CLOCK_SKEW {
+            return Err(DecodeError::Invalid(schemas::RecordError::Invalid {
+                field: "fetched_at",
+                reason: format!(
+                    "{} is in the future (more than {} min ahead of this host's clock)",
+                    video.fetched_at.to_rfc3339(),
+                    MAX_CLOCK_SKEW.num_minutes()
+                ),
+            }));
+        }
         let key = key.ok_or(DecodeError::MissingKey)?;
         let key = std::str::from_utf8(key).map_err(|_| DecodeError::KeyNotUtf8)?;
         if key != video.video_id {

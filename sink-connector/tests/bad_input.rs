@@ -1,0 +1,199 @@
+//! The bad-input corpus (`tests/corpus`) through the real sink: every poison record lands in the
+//! dead-letter topic with Kafka Connect's headers and its original bytes, the awkward valid
+//! records are written, and so is every valid record around them.
+
+mod common;
+mod corpus;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::*;
+use corpus::{cases, Expect};
+use plumbing::testing::{unique, Stack};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::Message;
+use schema_registry_converter::async_impl::schema_registry::{post_schema, SrSettings};
+use schema_registry_converter::avro_common::get_supplied_schema;
+
+#[tokio::test]
+async fn every_kind_of_bad_input_is_dead_lettered_and_the_records_around_it_are_written() {
+    let stack = Stack::from_env().unwrap();
+    let topic = stack.create_topic(1).await.unwrap();
+    let group = unique("sink-");
+    let db = stack.create_database().await.unwrap();
+    let registry = SrSettings::new(stack.registry_url.clone());
+    let id = post_schema(
+        &registry,
+        format!("{topic}-value"),
+        get_supplied_schema(schemas::schema()),
+    )
+    .await
+    .unwrap()
+    .id;
+    let other = apache_avro::Schema::parse_str(
+        r#"{"type":"record","name":"Other","namespace":"corpus","fields":[{"name":"x","type":"long"}]}"#,
+    )
+    .unwrap();
+    let other_id = post_schema(
+        &registry,
+        format!("{topic}-other"),
+        get_supplied_schema(&other),
+    )
+    .await
+    .unwrap()
+    .id;
+    let fetched = at(1_764_000_000);
+    let cases = cases(id, other_id, fetched.timestamp_millis());
+    assert!(cases.len() >= 20, "the corpus has {} cases", cases.len());
+
+    // A valid record before every case and one after the last, all on one partition.
+    let valid = |i: usize| schemas::sample(&format!("V{i:03}"), "FR", i as i32 + 1, fetched);
+    let producer: FutureProducer = stack
+        .kafka_config(&[
+            ("enable.idempotence", "true"),
+            ("acks", "all"),
+            ("batch.num.messages", "1"),
+            ("message.max.bytes", "4000000"),
+        ])
+        .create()
+        .unwrap();
+    let mut offsets_of_case: HashMap<i64, usize> = HashMap::new();
+    let mut end = 0;
+    for (i, case) in cases.iter().enumerate() {
+        let v = encode_by_hand(&stack, &topic, &[valid(i)]).await;
+        let records = v.into_iter().chain(case.records.iter().cloned());
+        for (n, (key, value)) in records.enumerate() {
+            let mut r = FutureRecord::<[u8], [u8]>::to(&topic);
+            if let Some(k) = &key {
+                r = r.key(k);
+            }
+            if let Some(v) = &value {
+                r = r.payload(v);
+            }
+            let d = producer
+                .send(r, Duration::from_secs(10))
+                .await
+                .map_err(|(e, _)| e)
+                .unwrap_or_else(|e| panic!("producing case `{}`: {e}", case.name));
+            if n > 0 {
+                offsets_of_case.insert(d.offset, i);
+            }
+            end = d.offset + 1;
+        }
+    }
+    let last = encode_by_hand(&stack, &topic, &[valid(cases.len())]).await;
+    let ends = produce_raw(&producer, &topic, last).await;
+    assert_eq!(ends[&0], end + 1);
+
+    let mut sink = Sink::spawn(&stack, &db, &topic, &group, &[]);
+    wait_committed(&stack, &topic, &group, 1, &ends, &sink).await;
+    assert!(
+        sink.child.try_wait().unwrap().is_none(),
+        "the sink died on bad input:\n{}",
+        sink.logs()
+    );
+
+    // Dead letters: one per poison case, at its offset, with its reason and original bytes.
+    let dlq = read_all(&stack, &format!("{topic}.dlq"));
+    let mut seen = vec![0; cases.len()];
+    for m in &dlq {
+        let offset: i64 = header(m, "__connect.errors.offset").parse().unwrap();
+        let i = *offsets_of_case
+            .get(&offset)
+            .unwrap_or_else(|| panic!("dead letter for offset {offset}, which is no bad case"));
+        let case = &cases[i];
+        seen[i] += 1;
+        let reason = header(m, "__connect.errors.exception.class.name");
+        let (expected, with_value) = match &case.expect {
+            Expect::Dlq(r) => (*r, true),
+            Expect::DlqWithoutValue(r) => (*r, false),
+            Expect::Written { .. } => panic!("`{}` was dead-lettered ({reason})", case.name),
+        };
+        assert!(
+            reason.ends_with(&format!("::{expected}")),
+            "`{}`: reason {reason}, expected {expected}; message: {}",
+            case.name,
+            header(m, "__connect.errors.exception.message")
+        );
+        assert_eq!(header(m, "__connect.errors.topic"), topic);
+        assert_eq!(header(m, "__connect.errors.partition"), "0");
+        assert_eq!(header(m, "__connect.errors.stage"), "VALUE_CONVERTER");
+        let (key, value) = &case.records[0];
+        assert_eq!(
+            m.key(),
+            key.as_deref(),
+            "`{}`: original key kept",
+            case.name
+        );
+        if with_value {
+            assert_eq!(
+                m.payload(),
+                value.as_deref(),
+                "`{}`: original value kept",
+                case.name
+            );
+        } else {
+            assert_eq!(m.payload(), None, "`{}`", case.name);
+            assert!(header(m, sink_connector::dlq::VALUE_DROPPED_HEADER).contains("too large"));
+        }
+    }
+    for (case, n) in cases.iter().zip(&seen) {
+        let expected = usize::from(!matches!(case.expect, Expect::Written { .. }));
+        assert_eq!(*n, expected, "`{}` dead-lettered {n} times", case.name);
+    }
+
+    // Tables: every valid record, and the awkward valid cases.
+    let c = connect(&db).await;
+    for i in 0..=cases.len() {
+        let n: i64 = c
+            .query_one(
+                "SELECT count(*) FROM video_snapshots WHERE video_id = $1",
+                &[&format!("V{i:03}")],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 1, "valid record V{i:03} written once");
+    }
+    let mut written = 0;
+    for case in &cases {
+        if let Expect::Written {
+            video_id,
+            snapshots,
+        } = &case.expect
+        {
+            written += 1;
+            let n: i64 = c
+                .query_one(
+                    "SELECT count(*) FROM video_snapshots WHERE video_id = $1",
+                    &[video_id],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(n as usize, *snapshots, "`{}`", case.name);
+        }
+    }
+    let videos: i64 = c
+        .query_one("SELECT count(*) FROM videos", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        videos as usize,
+        cases.len() + 1 + written,
+        "nothing else was written"
+    );
+    let big: i64 = c
+        .query_one(
+            "SELECT length(description) FROM videos WHERE video_id = 'W1'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i32>(0)
+        .into();
+    assert_eq!(big, 200_000, "the 400 KB description is whole");
+    sink.stop().await;
+}
