@@ -16,10 +16,13 @@ pub enum Expect {
     Written { video_id: String, snapshots: usize },
 }
 
+/// Key and value bytes, each possibly absent.
+pub type Record = (Option<Vec<u8>>, Option<Vec<u8>>);
+
 pub struct Case {
     pub name: &'static str,
     /// Key and value, each possibly absent; several records for one case are produced in a row.
-    pub records: Vec<(Option<Vec<u8>>, Option<Vec<u8>>)>,
+    pub records: Vec<Record>,
     pub expect: Expect,
 }
 
