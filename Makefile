@@ -1,5 +1,5 @@
 # One entry point for the local stack and the tests. `make help` lists the targets.
-.PHONY: help install up down status test lint demo demo-down bench
+.PHONY: help install up down status test lint demo demo-down bench chaos
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -25,6 +25,9 @@ demo-down: ## stop the demo's connectors and the stack
 bench: up ## throughput vs the raw PostgreSQL limit, scaling, latency, memory (BENCH_RECORDS, BENCH_BATCH, ...)
 	cargo build --release -p sink-connector -p source-connector --features source-connector/standin --bins --examples
 	target/release/examples/bench
+
+chaos: up ## sink SIGKILLed 50 times and PostgreSQL restarted under it; prints figures (CHAOS_CYCLES, CHAOS_SEED)
+	CHAOS_CYCLES=$${CHAOS_CYCLES:-50} cargo test -p sink-connector --test chaos -- --nocapture
 
 test: up ## bring the stack up, then run every test (unit and integration)
 	cargo test --workspace --all-targets

@@ -244,3 +244,49 @@ async fn offsets_can_be_committed_for_a_group_without_members() {
     assert_eq!(firsts[&0], 4);
     assert_eq!(firsts[&1], 7);
 }
+
+/// A consumer that starts (or resumes after a restart, a rebalance or a pause) in the middle of
+/// a record batch must get the rest of that batch: this is how a sink that committed after
+/// record 20 of a 50-record producer batch goes on.
+#[tokio::test]
+#[ignore = "tansu 0.6.0 skips the rest of a batch fetched from its middle; see README known differences"]
+async fn fetching_from_the_middle_of_a_record_batch_returns_the_rest_of_it() {
+    let stack = Stack::from_env().unwrap();
+    let topic = stack.create_topic(1).await.unwrap();
+    let p: FutureProducer = stack
+        .kafka_config(&[("linger.ms", "100"), ("acks", "all")])
+        .create()
+        .unwrap();
+    // Sent together, so librdkafka puts them in one batch.
+    let sends: Vec<_> = (0..50)
+        .map(|i| {
+            p.send_result(FutureRecord::<str, str>::to(&topic).payload(&format!("r{i}")))
+                .map_err(|(e, _)| e)
+                .unwrap()
+        })
+        .collect();
+    for s in sends {
+        s.await.unwrap().map_err(|(e, _)| e).unwrap();
+    }
+    let c = consumer(&stack, &unique("mid-"));
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&topic, 0, Offset::Offset(20))
+        .unwrap();
+    c.assign(&tpl).unwrap();
+    drop(tpl);
+    // A record in a batch of its own after them, so a broker that skips the batch's tail
+    // returns this one instead of nothing.
+    p.send(
+        FutureRecord::<str, str>::to(&topic).payload("after"),
+        Duration::from_secs(10),
+    )
+    .await
+    .map_err(|(e, _)| e)
+    .unwrap();
+    let first = tokio::time::timeout(TIMEOUT, c.recv())
+        .await
+        .expect("a record within the timeout")
+        .unwrap()
+        .offset();
+    assert_eq!(first, 20, "the first record after assigning offset 20");
+}

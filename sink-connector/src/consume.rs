@@ -120,6 +120,23 @@ pub fn next_offsets(batch: &[OwnedMessage]) -> Vec<(String, i32, i64)> {
     next
 }
 
+/// The offsets a batch holds, per partition, for logs: `partition:first-last,...`.
+pub fn describe_offsets(batch: &[OwnedMessage]) -> String {
+    let mut ranges: std::collections::BTreeMap<(&str, i32), (i64, i64)> = Default::default();
+    for m in batch {
+        let r = ranges
+            .entry((m.topic(), m.partition()))
+            .or_insert((m.offset(), m.offset()));
+        r.0 = r.0.min(m.offset());
+        r.1 = r.1.max(m.offset());
+    }
+    ranges
+        .iter()
+        .map(|((_, p), (first, last))| format!("{p}:{first}-{last}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Commits `offsets` for the partitions this consumer still owns, synchronously; returns how
 /// many partitions were committed. Lists from the consumer are dropped before returning (a
 /// consumer closed while one is alive never finishes closing).

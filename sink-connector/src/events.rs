@@ -15,6 +15,8 @@ pub struct BatchWritten {
     pub dead_lettered: usize,
     pub written: Written,
     pub partitions_committed: usize,
+    /// `partition:first-last` of the batch's records.
+    pub offsets: String,
     pub write_duration: Duration,
     /// Seconds from each record's `fetched_at` to now, for the end-to-end histogram.
     pub latencies: Vec<f64>,
@@ -29,6 +31,7 @@ impl BatchWritten {
             deduplicated = self.deduplicated,
             dead_lettered = self.dead_lettered,
             partitions = self.partitions_committed,
+            offsets = %self.offsets,
             write_ms = self.write_duration.as_millis() as u64,
             "Batch written and committed"
         );

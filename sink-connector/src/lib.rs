@@ -106,7 +106,13 @@ pub async fn run(
 
     let producer: FutureProducer = config
         .kafka
-        .client_config(&[("enable.idempotence", "true"), ("acks", "all")])?
+        .client_config(&[
+            ("enable.idempotence", "true"),
+            ("acks", "all"),
+            // Poison records are rare; one per batch keeps them readable on tansu, which skips
+            // the rest of a batch fetched from its middle.
+            ("batch.num.messages", "1"),
+        ])?
         .create()
         .context("creating the dead-letter producer")?;
     let sink = Sink {
@@ -306,6 +312,7 @@ impl Sink {
             dead_lettered: poison.len(),
             written,
             partitions_committed,
+            offsets: consume::describe_offsets(&batch),
             write_duration,
             latencies: good
                 .iter()

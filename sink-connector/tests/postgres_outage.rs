@@ -9,14 +9,6 @@ use std::time::Duration;
 use common::*;
 use plumbing::testing::{unique, Stack};
 
-fn pg_ctl(action: &str) {
-    let status = std::process::Command::new("pg_ctlcluster")
-        .args(["15", "main", action, "-m", "fast"])
-        .status()
-        .expect("pg_ctlcluster (run the tests as root, as CI does)");
-    assert!(status.success(), "pg_ctlcluster {action}");
-}
-
 #[tokio::test]
 async fn postgres_down_mid_stream_loses_nothing_and_commits_nothing_early() {
     let stack = Stack::from_env().unwrap();

@@ -354,3 +354,13 @@ pub async fn wait_metric(addr: &str, name: &str, expected: f64) -> String {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Stops, starts or restarts the stack's PostgreSQL cluster. Only for test binaries of their
+/// own (cargo runs test binaries one after another, and other tests use this PostgreSQL).
+pub fn pg_ctl(action: &str) {
+    let status = std::process::Command::new("pg_ctlcluster")
+        .args(["15", "main", action, "-m", "fast"])
+        .status()
+        .expect("pg_ctlcluster (run the tests as root, as CI does)");
+    assert!(status.success(), "pg_ctlcluster {action}");
+}

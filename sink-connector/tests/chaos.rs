@@ -1,0 +1,453 @@
+//! Crash chaos: the sink is SIGKILLed at random points while it drains a backlog that keeps
+//! growing, PostgreSQL is restarted under it now and then, poison records are mixed in; at the
+//! end the tables must be exactly what the topic implies and the offsets committed to the end.
+//!
+//! CI runs a short version (6 cycles). `make chaos` runs `CHAOS_CYCLES=50`; `CHAOS_SEED`
+//! replays a run (the seed is printed), `CHAOS_PG_RESTART_EVERY` (3) sets how many cycles pass
+//! between PostgreSQL restarts (0: never), `CHAOS_RATE` (records/s produced meanwhile, 600) and
+//! `CHAOS_BACKLOG` (records produced before the first start, 20,000). It prints a figures table
+//! and fails on any loss or mismatch. Its own test binary: it restarts the stack's PostgreSQL.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use common::*;
+use plumbing::testing::{unique, Stack};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::Message;
+use schemas::TrendingVideo;
+use tokio_util::sync::CancellationToken;
+
+fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+const PARTITIONS: i32 = 4;
+const REGIONS: [&str; 4] = ["FR", "US", "JP", "DE"];
+
+/// What was produced: valid records, poison positions, end offsets.
+#[derive(Default)]
+struct Produced {
+    valid: Vec<TrendingVideo>,
+    /// Partition and offset of each valid record.
+    positions: Vec<(i32, i64)>,
+    poison: HashSet<(i32, i64)>,
+    ends: HashMap<i32, i64>,
+}
+
+/// Produces whole charts: 4 regions x 200 videos per poll, ids shared across regions and
+/// polls; 1 record in 150 is replaced by a poison record.
+struct Charts {
+    producer: FutureProducer,
+    topic: String,
+    schema_id: u32,
+    /// Records/s when producing until stopped.
+    rate: u64,
+    next_poll: i64,
+    rng: fastrand::Rng,
+}
+
+impl Charts {
+    /// Produces `limit` records at full speed, or without a limit at `rate` until `stop`.
+    async fn produce(
+        &mut self,
+        limit: Option<usize>,
+        stop: &CancellationToken,
+        out: &mut Produced,
+    ) {
+        let (producer, topic, schema_id, rng) = (
+            &self.producer,
+            self.topic.as_str(),
+            self.schema_id,
+            &mut self.rng,
+        );
+        let mut sent = 0;
+        loop {
+            let poll = self.next_poll;
+            self.next_poll += 1;
+            let fetched: DateTime<Utc> = at(1_700_000_000 + poll * 1800);
+            for (r, region) in REGIONS.iter().enumerate() {
+                if stop.is_cancelled() || limit.is_some_and(|l| sent >= l) {
+                    return;
+                }
+                let started = tokio::time::Instant::now();
+                let mut sends = Vec::new();
+                for rank in 0..200i64 {
+                    let id = format!("C{:05}", (rank + poll * 37 + r as i64 * 150) % 600);
+                    let mut v = schemas::sample(&id, region, rank as i32 + 1, fetched);
+                    v.view_count = Some(poll * 1000 + rank);
+                    let mut value = vec![0u8];
+                    value.extend_from_slice(&schema_id.to_be_bytes());
+                    let poison = rng.u32(0..150) == 0;
+                    if poison {
+                        match rng.u8(0..3) {
+                            0 => value = b"\xffgarbage".to_vec(),
+                            1 => {
+                                v.view_count = Some(-1);
+                                value.extend(
+                                    apache_avro::to_avro_datum(schemas::schema(), v.to_avro())
+                                        .unwrap(),
+                                );
+                            }
+                            _ => {
+                                let body =
+                                    apache_avro::to_avro_datum(schemas::schema(), v.to_avro())
+                                        .unwrap();
+                                value.extend_from_slice(&body[..body.len() / 2]);
+                            }
+                        }
+                    } else {
+                        value.extend(
+                            apache_avro::to_avro_datum(schemas::schema(), v.to_avro()).unwrap(),
+                        );
+                    }
+                    let key = id.into_bytes();
+                    sends.push((
+                        poison,
+                        v,
+                        producer
+                            .send_result(
+                                FutureRecord::<[u8], [u8]>::to(topic)
+                                    .key(&key)
+                                    .payload(&value),
+                            )
+                            .map_err(|(e, _)| e)
+                            .expect("enqueue"),
+                    ));
+                }
+                for (poison, v, send) in sends {
+                    let d = send
+                        .await
+                        .expect("delivery report")
+                        .map_err(|(e, _)| e)
+                        .expect("produce");
+                    let (partition, offset) = (d.partition, d.offset);
+                    let end = out.ends.entry(partition).or_insert(0);
+                    *end = (*end).max(offset + 1);
+                    if poison {
+                        out.poison.insert((partition, offset));
+                    } else {
+                        out.valid.push(v);
+                        out.positions.push((partition, offset));
+                    }
+                }
+                sent += 200;
+                if limit.is_none() {
+                    let pace = Duration::from_secs_f64(200.0 / self.rate as f64);
+                    tokio::time::sleep_until(started + pace).await;
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_sink_killed_at_random_and_postgres_restarted_loses_nothing_and_adds_nothing() {
+    let seed = env_num(
+        "CHAOS_SEED",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64,
+    );
+    let cycles = env_num("CHAOS_CYCLES", 6) as usize;
+    let pg_every = env_num("CHAOS_PG_RESTART_EVERY", 3) as usize;
+    let rate = env_num("CHAOS_RATE", 600);
+    let backlog = env_num("CHAOS_BACKLOG", 20_000) as usize;
+    println!("chaos: seed {seed} (CHAOS_SEED={seed} replays this run), {cycles} cycles");
+    let mut rng = fastrand::Rng::with_seed(seed);
+
+    let stack = Stack::from_env().unwrap();
+    let topic = stack.create_topic(PARTITIONS).await.unwrap();
+    let group = unique("chaos-");
+    let db = stack.create_database().await.unwrap();
+    let mut charts = Charts {
+        // As the source produces: one record per batch (README, known differences: tansu skips
+        // the rest of a batch fetched from its middle).
+        producer: stack
+            .kafka_config(&[
+                ("enable.idempotence", "true"),
+                ("acks", "all"),
+                ("batch.num.messages", "1"),
+            ])
+            .create()
+            .unwrap(),
+        topic: topic.clone(),
+        schema_id: schema_id(&stack, &topic).await,
+        rate,
+        next_poll: 0,
+        rng: fastrand::Rng::with_seed(seed ^ 0x5eed),
+    };
+
+    // A backlog first, then records keep coming while the sink is killed again and again.
+    let mut produced = Produced::default();
+    charts
+        .produce(Some(backlog), &CancellationToken::new(), &mut produced)
+        .await;
+    let stop = CancellationToken::new();
+    let stop2 = stop.clone();
+    let background = tokio::spawn(async move {
+        let mut more = Produced::default();
+        charts.produce(None, &stop2, &mut more).await;
+        more
+    });
+
+    // A short session, and a pause after each kill until it expired: tansu keeps a dead member
+    // in the group until then, and a sink that joined meanwhile may be left with fewer
+    // partitions for good (README, known differences).
+    let session = [(
+        "KAFKA_PROPERTIES",
+        "session.timeout.ms=3000,heartbeat.interval.ms=500",
+    )];
+    let (mut kills, mut pg_restarts) = (0, 0);
+    for cycle in 0..cycles {
+        let batch = [20, 100, 500][rng.usize(0..3)].to_string();
+        let before = committed(&stack, &topic, &group, PARTITIONS);
+        let mut sink = Sink::spawn(
+            &stack,
+            &db,
+            &topic,
+            &group,
+            &[session[0], ("SINK_BATCH_MAX_RECORDS", &batch)],
+        );
+        // Killed while draining: after its first commit, at a random point.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while committed(&stack, &topic, &group, PARTITIONS) == before {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "cycle {cycle}: the sink committed nothing in 30 s:\n{}",
+                sink.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let life = Duration::from_millis(rng.u64(0..1500));
+        tokio::time::sleep(life / 2).await;
+        if pg_every > 0 && cycle % pg_every == pg_every - 1 {
+            pg_ctl("restart");
+            pg_restarts += 1;
+        }
+        tokio::time::sleep(life / 2).await;
+        if let Some(status) = sink.child.try_wait().unwrap() {
+            panic!(
+                "cycle {cycle}: the sink exited by itself ({status}):\n{}",
+                sink.logs()
+            );
+        }
+        sigkill(&sink);
+        sink.child.wait().await.unwrap();
+        kills += 1;
+        tokio::time::sleep(Duration::from_millis(3500)).await;
+    }
+    stop.cancel();
+    let more = background.await.unwrap();
+    produced.valid.extend(more.valid);
+    produced.positions.extend(more.positions);
+    produced.poison.extend(more.poison);
+    for (p, end) in more.ends {
+        let e = produced.ends.entry(p).or_insert(0);
+        *e = (*e).max(end);
+    }
+
+    // A last sink drains what is left; offsets must reach the end.
+    let sink = Sink::spawn(&stack, &db, &topic, &group, &session);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+    loop {
+        let c = committed(&stack, &topic, &group, PARTITIONS);
+        if produced.ends.iter().all(|(p, end)| c.get(p) == Some(end)) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "offsets {c:?} never reached {:?}:\n{}",
+            produced.ends,
+            sink.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    sink.stop().await;
+
+    // What the topic implies.
+    let mut snapshots: HashMap<(String, i64, String), (i32, i64)> = HashMap::new();
+    let mut videos: HashMap<String, (&TrendingVideo, i64)> = HashMap::new();
+    for v in &produced.valid {
+        let t = v.fetched_at.timestamp_millis();
+        snapshots.insert(
+            (v.region_code.clone(), t, v.video_id.clone()),
+            (v.rank, v.view_count.unwrap()),
+        );
+        videos
+            .entry(v.video_id.clone())
+            .and_modify(|(best, first)| {
+                if (v.fetched_at, &v.region_code) > (best.fetched_at, &best.region_code) {
+                    *best = v;
+                }
+                *first = (*first).min(t);
+            })
+            .or_insert((v, t));
+    }
+
+    // What the tables hold.
+    let c = connect(&db).await;
+    let found_snapshots: HashMap<(String, i64, String), (i32, i64)> = c
+        .query(
+            "SELECT region_code, (extract(epoch FROM fetched_at) * 1000)::int8, video_id, rank,
+                view_count FROM video_snapshots",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| ((r.get(0), r.get(1), r.get(2)), (r.get(3), r.get(4))))
+        .collect();
+    let found_videos: HashMap<String, (String, i32, i64, i64, i64)> = c
+        .query(
+            "SELECT video_id, region_code, rank, view_count,
+                (extract(epoch FROM first_seen_at) * 1000)::int8,
+                (extract(epoch FROM last_fetched_at) * 1000)::int8 FROM videos",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3), r.get(4), r.get(5))))
+        .collect();
+    let missing = snapshots
+        .keys()
+        .filter(|k| !found_snapshots.contains_key(*k))
+        .count()
+        + videos
+            .keys()
+            .filter(|k| !found_videos.contains_key(*k))
+            .count();
+    let extra = found_snapshots
+        .keys()
+        .filter(|k| !snapshots.contains_key(*k))
+        .count()
+        + found_videos
+            .keys()
+            .filter(|k| !videos.contains_key(*k))
+            .count();
+    let mut where_missing: Vec<(i32, i64)> = produced
+        .valid
+        .iter()
+        .zip(&produced.positions)
+        .filter(|(v, _)| {
+            !found_snapshots.contains_key(&(
+                v.region_code.clone(),
+                v.fetched_at.timestamp_millis(),
+                v.video_id.clone(),
+            ))
+        })
+        .map(|(_, p)| *p)
+        .collect();
+    where_missing.sort();
+    let mut mismatched = snapshots
+        .iter()
+        .filter(|(k, v)| found_snapshots.get(*k).is_some_and(|f| f != *v))
+        .count();
+    mismatched += videos
+        .iter()
+        .filter(|(id, (best, first))| {
+            found_videos.get(*id).is_some_and(|f| {
+                *f != (
+                    best.region_code.clone(),
+                    best.rank,
+                    best.view_count.unwrap(),
+                    *first,
+                    best.fetched_at.timestamp_millis(),
+                )
+            })
+        })
+        .count();
+
+    // Dead letters: every poison record at least once (a kill between the dead-letter produce
+    // and the commit sends it again), nothing else.
+    let dlq = read_all(&stack, &format!("{topic}.dlq"));
+    let mut by_reason: BTreeMap<String, usize> = BTreeMap::new();
+    let mut dead: HashSet<(i32, i64)> = HashSet::new();
+    for m in &dlq {
+        let key = (
+            header(m, "__connect.errors.partition").parse().unwrap(),
+            header(m, "__connect.errors.offset").parse().unwrap(),
+        );
+        if dead.insert(key) {
+            let class = header(m, "__connect.errors.exception.class.name");
+            *by_reason
+                .entry(class.rsplit("::").next().unwrap().to_string())
+                .or_default() += 1;
+        }
+        assert!(m.payload().is_some() || m.key().is_some());
+    }
+    let dlq_missing = produced.poison.difference(&dead).count();
+    let dlq_extra = dead.difference(&produced.poison).count();
+
+    let records: i64 = produced.ends.values().sum();
+    println!("| figure | value |");
+    println!("| --- | --- |");
+    println!("| seed | {seed} |");
+    println!("| cycles run (sink SIGKILLed) | {kills} |");
+    println!("| PostgreSQL restarts survived | {pg_restarts} |");
+    println!(
+        "| records produced | {records} ({} valid, {} poison) |",
+        produced.valid.len(),
+        produced.poison.len()
+    );
+    println!(
+        "| rows expected (videos + snapshots) | {} + {} |",
+        videos.len(),
+        snapshots.len()
+    );
+    println!(
+        "| rows found (videos + snapshots) | {} + {} |",
+        found_videos.len(),
+        found_snapshots.len()
+    );
+    println!("| missing | {missing} |");
+    println!("| extra | {extra} |");
+    println!("| rows with other values | {mismatched} |");
+    println!("| DLQ records (distinct) by reason | {by_reason:?} |");
+    println!(
+        "| DLQ copies beyond the first (at least once) | {} |",
+        dlq.len() - dead.len()
+    );
+    println!("| poison records not dead-lettered | {dlq_missing} |");
+    println!(
+        "| committed offsets | at the end offsets {:?} |",
+        produced.ends
+    );
+
+    assert_eq!(
+        missing, 0,
+        "rows missing; snapshots of records at (partition, offset) {where_missing:?}"
+    );
+    assert_eq!(extra, 0, "rows that no record implies");
+    assert_eq!(
+        mismatched, 0,
+        "rows with other values than the newest record's"
+    );
+    assert_eq!(dlq_missing, 0, "poison records not dead-lettered");
+    assert_eq!(dlq_extra, 0, "dead letters of valid records");
+    assert_eq!(
+        records as usize,
+        produced.valid.len() + produced.poison.len()
+    );
+}
+
+async fn schema_id(stack: &Stack, topic: &str) -> u32 {
+    use schema_registry_converter::async_impl::schema_registry::{post_schema, SrSettings};
+    use schema_registry_converter::avro_common::get_supplied_schema;
+    post_schema(
+        &SrSettings::new(stack.registry_url.clone()),
+        format!("{topic}-value"),
+        get_supplied_schema(schemas::schema()),
+    )
+    .await
+    .unwrap()
+    .id
+}
