@@ -160,6 +160,69 @@ pub fn metric_sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<
     })
 }
 
+/// A TCP proxy in front of a real service (e.g. the schema registry) that can be switched
+/// "down": then it closes every open connection and refuses new ones, as a service that died
+/// would. Switched up again, it forwards to the same service. The service itself is real; only
+/// its reachability changes.
+pub struct Outage {
+    /// `host:port` to give the client instead of the service's.
+    pub addr: String,
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Outage {
+    /// Starts forwarding to `target` (`host:port`, or a URL whose host and port are used).
+    pub async fn start(target: &str) -> Outage {
+        use std::sync::atomic::Ordering;
+        let target = target
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the outage proxy");
+        let addr = listener.local_addr().expect("local addr").to_string();
+        let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let connections = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (d, c) = (down.clone(), connections.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if d.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let target = target.clone();
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                c.lock().expect("connections").push(task.abort_handle());
+            }
+        });
+        Outage {
+            addr,
+            down,
+            connections,
+        }
+    }
+
+    /// `http://` + [`Outage::addr`].
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, std::sync::atomic::Ordering::SeqCst);
+        if down {
+            for c in self.connections.lock().expect("connections").drain(..) {
+                c.abort();
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

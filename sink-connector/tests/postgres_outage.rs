@@ -1,4 +1,4 @@
-//! PostgreSQL stopped mid-stream: the sink pauses, reports not ready, commits nothing early,
+//! PostgreSQL stopped mid-stream for a minute: the sink pauses, reports not ready, commits nothing early,
 //! and catches up alone when PostgreSQL is back. Its own test binary, because it stops the
 //! stack's PostgreSQL, which other tests use (cargo runs test binaries one after another).
 
@@ -22,7 +22,7 @@ async fn postgres_down_mid_stream_loses_nothing_and_commits_nothing_early() {
         encode(&stack, &topic, &chart("FR", 100, at(1_000), 1)).await,
     )
     .await;
-    let sink = Sink::spawn(&stack, &db, &topic, &group, &[]);
+    let mut sink = Sink::spawn(&stack, &db, &topic, &group, &[]);
     wait_committed(&stack, &topic, &group, 2, &first, &sink).await;
     let addr = sink.http_addr().await;
 
@@ -38,12 +38,31 @@ async fn postgres_down_mid_stream_loses_nothing_and_commits_nothing_early() {
         assert!(tokio::time::Instant::now() < deadline, "{}", sink.logs());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let ready = reqwest_status(&addr, "/readyz").await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let during = committed(&stack, &topic, &group, 2);
+    // PostgreSQL refuses connections for a minute (`PG_OUTAGE_SECS`): all along, the sink is
+    // alive, not ready, and commits nothing.
+    let outage = Duration::from_secs(
+        std::env::var("PG_OUTAGE_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(60),
+    );
+    let down_since = tokio::time::Instant::now();
+    let mut checks = 0;
+    while down_since.elapsed() < outage {
+        let ready = reqwest_status(&addr, "/readyz").await;
+        let during = committed(&stack, &topic, &group, 2);
+        let alive = sink.child.try_wait().unwrap().is_none();
+        if ready != 503 || during != first || !alive {
+            pg_ctl("start");
+        }
+        assert!(alive, "the sink exited during the outage:\n{}", sink.logs());
+        assert_eq!(ready, 503, "not ready while PostgreSQL is down");
+        assert_eq!(during, first, "nothing committed while PostgreSQL was down");
+        checks += 1;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
     pg_ctl("start");
-    assert_eq!(ready, 503, "not ready while PostgreSQL is down");
-    assert_eq!(during, first, "nothing committed while PostgreSQL was down");
+    assert!(checks >= 2);
 
     let mut ends = first.clone();
     for (p, o) in second {

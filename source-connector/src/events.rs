@@ -132,7 +132,8 @@ impl PollFailed<'_> {
             NextStep::RetryIn(d) => tracing::warn!(
                 region = self.region, kind = self.kind, error = %self.error,
                 retry_in_s = d.as_secs(),
-                "Poll failed, nothing of it was published; retrying the whole poll"
+                "Poll failed, not recorded as a success (if it failed while publishing, part of \
+                 its chart may be in the topic under its fetched_at); retrying the whole poll"
             ),
             NextStep::WaitForQuotaReset(at) => tracing::error!(
                 region = self.region, error = %self.error, resumes_at = %at,

@@ -80,6 +80,7 @@ pub async fn run(
             || async {
                 match Publisher::register(
                     producer.clone(),
+                    &config.kafka,
                     &config.registry.schema_registry_url,
                     &config.topic,
                     config.produce_timeout,

@@ -58,7 +58,9 @@ fn registry_error(subject: &str, e: SRCError) -> ProduceError {
 }
 
 pub struct Publisher {
-    producer: FutureProducer,
+    /// Replaced when librdkafka says it can no longer be used (see [`Publisher::renew_if_dead`]).
+    producer: std::sync::Mutex<FutureProducer>,
+    kafka: KafkaArgs,
     encoder: AvroEncoder<'static>,
     strategy: SubjectNameStrategy,
     topic: String,
@@ -90,6 +92,7 @@ impl Publisher {
     /// when the registry finds it incompatible with the subject's latest version.
     pub async fn register(
         producer: FutureProducer,
+        kafka: &KafkaArgs,
         registry_url: &str,
         topic: &str,
         timeout: Duration,
@@ -101,7 +104,8 @@ impl Publisher {
             .await
             .map_err(|e| registry_error(&subject, e))?;
         let publisher = Publisher {
-            producer,
+            producer: std::sync::Mutex::new(producer),
+            kafka: kafka.clone(),
             encoder: AvroEncoder::new(settings),
             strategy: SubjectNameStrategy::TopicNameStrategyWithSchema(
                 topic.to_string(),
@@ -132,30 +136,68 @@ impl Publisher {
                 })?;
             encoded.push((r.video_id.as_str(), bytes));
         }
-        let sends = encoded.iter().map(|(key, value)| async move {
-            self.producer
-                .send(
-                    FutureRecord::to(&self.topic).key(*key).payload(value),
-                    self.timeout,
-                )
-                .await
-                .map(|_| ())
-                .map_err(|(e, _)| ProduceError::Kafka(e))
+        let producer = self.producer_handle();
+        let sends = encoded.iter().map(|(key, value)| {
+            let producer = &producer;
+            async move {
+                producer
+                    .send(
+                        FutureRecord::to(&self.topic).key(*key).payload(value),
+                        self.timeout,
+                    )
+                    .await
+                    .map(|_| ())
+                    .map_err(|(e, _)| ProduceError::Kafka(e))
+            }
         });
-        tokio::time::timeout(self.timeout, try_join_all(sends))
+        let result = tokio::time::timeout(self.timeout, try_join_all(sends))
             .await
-            .map_err(|_| ProduceError::Timeout(self.timeout))??;
-        Ok(())
+            .map_err(|_| ProduceError::Timeout(self.timeout))
+            .and_then(|r| r.map(|_| ()));
+        if let Err(ProduceError::Kafka(e)) = &result {
+            self.renew_if_dead(&producer, e);
+        }
+        result
+    }
+
+    /// An idempotent producer that was fenced or lost its sequence (e.g. after a broker
+    /// outage) fails every later send: librdkafka calls this fatal, and only a new producer
+    /// (a new producer id) can publish again. Replaces it, so the poll's retry can succeed.
+    pub fn renew_if_dead(&self, used: &FutureProducer, error: &KafkaError) {
+        use rdkafka::types::RDKafkaErrorCode::*;
+        let fatal = used.client().fatal_error();
+        let dead = fatal.is_some()
+            || matches!(
+                error.rdkafka_error_code(),
+                Some(
+                    ProducerFenced
+                        | InvalidProducerEpoch
+                        | OutOfOrderSequenceNumber
+                        | UnknownProducerId
+                )
+            );
+        if !dead {
+            return;
+        }
+        match Self::producer(&self.kafka, self.timeout) {
+            Ok(fresh) => {
+                tracing::warn!(error = %error, fatal = ?fatal.map(|(_, reason)| reason),
+                    "The Kafka producer can no longer publish: replaced by a new one");
+                *self.producer.lock().expect("producer lock") = fresh;
+            }
+            Err(e) => tracing::error!(error = %e, "Could not create a new Kafka producer"),
+        }
     }
 
     /// Waits for anything still queued in the producer, at shutdown.
     pub fn flush(&self, timeout: Duration) {
-        if let Err(e) = self.producer.flush(timeout) {
+        if let Err(e) = self.producer_handle().flush(timeout) {
             tracing::warn!(error = %e, "Producer flush at shutdown did not complete");
         }
     }
 
-    pub fn producer_handle(&self) -> &FutureProducer {
-        &self.producer
+    /// The current producer (a cheap handle).
+    pub fn producer_handle(&self) -> FutureProducer {
+        self.producer.lock().expect("producer lock").clone()
     }
 }

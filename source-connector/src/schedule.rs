@@ -91,7 +91,7 @@ impl Poller {
             videos: records.len(),
         };
         state::save(
-            self.publisher.producer_handle(),
+            &self.publisher.producer_handle(),
             &self.state_topic,
             &saved,
             self.produce_timeout,

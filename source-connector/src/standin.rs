@@ -34,6 +34,8 @@ pub enum Fault {
     MissingItems,
     /// Answer after this delay (longer than the client's timeout = a timeout).
     Delay(Duration),
+    /// Start the right answer, then break the connection mid-body.
+    Reset,
 }
 
 #[derive(Default)]
@@ -166,6 +168,23 @@ fn serve_fault(fault: Fault, good: Value) -> Response {
             axum::Json(json!({"kind": "youtube#videoListResponse", "etag": "x"})).into_response()
         }
         Fault::Delay(_) => axum::Json(good).into_response(),
+        Fault::Reset => {
+            let text = good.to_string();
+            let head = text.as_bytes()[..text.len() / 3].to_vec();
+            let chunks: Vec<Result<Vec<u8>, std::io::Error>> = vec![
+                Ok(head),
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "stand-in: connection reset",
+                )),
+            ];
+            (
+                StatusCode::OK,
+                [("content-type", "application/json")],
+                axum::body::Body::from_stream(futures::stream::iter(chunks)),
+            )
+                .into_response()
+        }
     }
 }
 

@@ -101,6 +101,14 @@ impl Source {
             .unwrap();
     }
 
+    fn sigkill(&self) {
+        let pid = self.child.id().expect("running") as i32;
+        std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .unwrap();
+    }
+
     /// Asserts the key never reached a log line.
     fn assert_key_not_logged(&self) {
         let logs = self.logs();
@@ -632,4 +640,201 @@ async fn metrics_and_readiness_tell_what_happened() {
     assert!(!m.contains(API_KEY));
     source.sigterm();
     assert!(source.wait(Duration::from_secs(30)).await.success());
+}
+
+/// The metrics page of a running source.
+async fn scrape(addr: &str) -> String {
+    reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// Each chart in the topic, by (region, fetched_at): its records' ranks.
+fn charts_in(records: &[(String, TrendingVideo)]) -> HashMap<(String, i64), Vec<i32>> {
+    let mut charts: HashMap<(String, i64), Vec<i32>> = HashMap::new();
+    for (_, v) in records {
+        charts
+            .entry((v.region_code.clone(), v.fetched_at.timestamp_millis()))
+            .or_default()
+            .push(v.rank);
+    }
+    charts
+}
+
+#[tokio::test]
+async fn random_api_faults_never_turn_a_partial_chart_into_a_successful_poll() {
+    let seed: u64 = std::env::var("FAULT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
+    println!("FAULT_SEED={seed}");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let stack = Stack::from_env().unwrap();
+    let api = StandIn::start().await;
+    let sizes = [("FR", 200), ("US", 120)];
+    for (region, n) in sizes {
+        api.set_chart(region, n);
+    }
+    let kinds = |rng: &mut fastrand::Rng| match rng.u8(0..8) {
+        0 => Fault::Status(500, "backendError"),
+        1 => Fault::Status(503, "backendError"),
+        2 => Fault::TooManyRequests { retry_after_s: 1 },
+        3 => Fault::Truncated,
+        4 => Fault::NotJson,
+        5 => Fault::MissingItems,
+        6 => Fault::Delay(Duration::from_secs(3)),
+        _ => Fault::Reset,
+    };
+    let faults: Vec<Fault> = (0..30).map(|_| kinds(&mut rng)).collect();
+    api.push_faults(faults);
+    // A page in the middle of the pagination missing several times in a row.
+    api.push_page_faults("page-2", (0..3).map(|_| kinds(&mut rng)));
+    let topic = unique("test-");
+    let mut source = Source::spawn(
+        &stack,
+        &api,
+        &topic,
+        &[("YOUTUBE_REGIONS", "FR,US"), ("POLL_INTERVAL", "1s")],
+    );
+    let addr = source.http_addr().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let successes = loop {
+        let m = scrape(&addr).await;
+        let ok = |region| {
+            metric_sample(
+                &m,
+                "source_polls_total",
+                &[("region", region), ("outcome", "success")],
+            )
+            .unwrap_or(0.0)
+        };
+        if ok("FR") >= 3.0 && ok("US") >= 3.0 {
+            break m;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "seed {seed}: 3 successful polls per region not reached:\n{m}\n{}",
+            source.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    source.sigterm();
+    assert!(source.wait(Duration::from_secs(30)).await.success());
+    source.assert_key_not_logged();
+
+    let records = read_topic(&stack, &topic).await;
+    let charts = charts_in(&records);
+    for ((region, at), ranks) in &charts {
+        let n = sizes.iter().find(|(r, _)| r == region).unwrap().1;
+        let mut sorted = ranks.clone();
+        sorted.sort();
+        assert_eq!(
+            sorted,
+            (1..=n as i32).collect::<Vec<_>>(),
+            "seed {seed}: the {region} chart fetched at {at} is not whole"
+        );
+    }
+    // Read after the last scrape, so a poll may have completed in between: at least as many.
+    for (region, _) in sizes {
+        let published = charts.keys().filter(|(r, _)| r == region).count() as f64;
+        let ok = metric_sample(
+            &successes,
+            "source_polls_total",
+            &[("region", region), ("outcome", "success")],
+        )
+        .unwrap();
+        assert!(
+            published >= ok,
+            "seed {seed}: {region}: {published} charts for {ok} successful polls"
+        );
+    }
+    assert!(
+        api.video_requests() > 3 * 7,
+        "the faults made the source retry"
+    );
+}
+
+#[tokio::test]
+async fn a_source_killed_mid_poll_polls_again_after_restart_and_every_video_arrives() {
+    let stack = Stack::from_env().unwrap();
+    let api = StandIn::start().await;
+    let chart = api.set_chart("FR", 200);
+    api.set_delay(Some(Duration::from_millis(700)));
+    let topic = unique("test-");
+    let source = Source::spawn(&stack, &api, &topic, &[("POLL_INTERVAL", "1h")]);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while api.video_requests() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "{}", source.logs());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    source.sigkill();
+    let mut source = source;
+    source.wait(Duration::from_secs(10)).await;
+    assert!(
+        read_topic(&stack, &topic).await.is_empty(),
+        "nothing published by the killed poll"
+    );
+
+    api.set_delay(None);
+    let mut again = Source::spawn(&stack, &api, &topic, &[("POLL_INTERVAL", "1h")]);
+    again
+        .wait_for_log("Poll published", Duration::from_secs(60))
+        .await;
+    again.sigterm();
+    assert!(again.wait(Duration::from_secs(30)).await.success());
+    let mut ids: Vec<String> = read_topic(&stack, &topic)
+        .await
+        .into_iter()
+        .map(|(_, v)| v.video_id)
+        .collect();
+    ids.sort();
+    let mut expected: Vec<String> = chart
+        .iter()
+        .map(|v| v["id"].as_str().unwrap().to_string())
+        .collect();
+    expected.sort();
+    assert_eq!(ids, expected, "every video of the chart, once");
+}
+
+#[tokio::test]
+async fn with_the_registry_down_at_start_the_source_publishes_nothing_until_it_can_register() {
+    let stack = Stack::from_env().unwrap();
+    let api = StandIn::start().await;
+    api.set_chart("FR", 80);
+    let registry = plumbing::testing::Outage::start(&stack.registry_url).await;
+    registry.set_down(true);
+    let topic = unique("test-");
+    let url = registry.url();
+    let mut source = Source::spawn(
+        &stack,
+        &api,
+        &topic,
+        &[("POLL_INTERVAL", "1h"), ("SCHEMA_REGISTRY_URL", &url)],
+    );
+    let addr = source.http_addr().await;
+    source
+        .wait_for_log("register_schema", Duration::from_secs(30))
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let status = reqwest::get(format!("http://{addr}/readyz"))
+        .await
+        .unwrap()
+        .status()
+        .as_u16();
+    assert_eq!(status, 503, "not ready without the registry");
+    assert!(
+        read_topic(&stack, &topic).await.is_empty(),
+        "nothing published"
+    );
+
+    registry.set_down(false);
+    source
+        .wait_for_log("Poll published", Duration::from_secs(60))
+        .await;
+    source.sigterm();
+    assert!(source.wait(Duration::from_secs(30)).await.success());
+    assert_eq!(read_topic(&stack, &topic).await.len(), 80);
 }
