@@ -400,7 +400,7 @@ async fn a_chart_with_a_malformed_page_publishes_nothing_until_it_reads_whole() 
         .await;
     let logs = source.logs();
     assert_eq!(
-        logs.matches("Poll failed, nothing of it was published")
+        logs.matches("Poll failed, not recorded as a success")
             .count(),
         2,
         "{logs}"
