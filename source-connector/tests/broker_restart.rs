@@ -6,10 +6,13 @@
 //! Afterwards polls go on; every chart in the topic is whole, and the sink resumes from its
 //! committed offsets until the tables hold exactly the topic's records.
 
+mod pipeline;
+
 use std::collections::{HashMap, HashSet};
 use std::process::Stdio;
 use std::time::Duration;
 
+use pipeline::{sink_binary, spawn};
 use plumbing::testing::{unique, Stack};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
@@ -65,28 +68,6 @@ async fn wait_port(port: u16) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-fn sink_binary() -> std::path::PathBuf {
-    // target/debug/deps/<this test> → target/debug/sink-connector
-    let exe = std::env::current_exe().unwrap();
-    exe.parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("sink-connector")
-}
-
-fn spawn(bin: &std::path::Path, env: &[(&str, &str)], log: &std::path::Path) -> Child {
-    Command::new(bin)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs(env.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
 }
 
 fn signal(child: &Child, signal: &str) {

@@ -6,45 +6,16 @@
 //!
 //! The connectors listen on 9101 and 9102, the ports `prometheus/local.yml` scrapes.
 
-use std::process::Stdio;
+mod pipeline;
+
 use std::time::Duration;
 
+use pipeline::{sink_binary, spawn};
 use plumbing::testing::{unique, Stack};
 use serde_json::Value;
 use source_connector::standin::StandIn;
-use tokio::process::{Child, Command};
 
 const API_KEY: &str = "AIzaTEST-dashboards-key";
-
-fn sink_binary() -> std::path::PathBuf {
-    // target/debug/deps/<this test> → target/debug/sink-connector
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("sink-connector");
-    assert!(
-        bin.exists(),
-        "{} missing: run `cargo test --workspace` (make test)",
-        bin.display()
-    );
-    bin
-}
-
-fn spawn(bin: &std::path::Path, env: &[(&str, &str)]) -> Child {
-    let log = std::env::temp_dir().join(format!("{}.log", unique("e2e-")));
-    Command::new(bin)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs(env.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
-}
 
 async fn prometheus_query(url: &str, expr: &str) -> Value {
     let r = reqwest::Client::new()
@@ -111,10 +82,16 @@ async fn every_dashboard_query_returns_data_from_the_running_pipeline() {
         ("KAFKA_GROUP_ID", group.as_str()),
         ("HTTP_ADDR", "127.0.0.1:9102"),
     ]);
-    let _sink = spawn(&sink_binary(), &sink_env);
+    let logs = std::env::temp_dir();
+    let _sink = spawn(
+        &sink_binary(),
+        &sink_env,
+        &logs.join(format!("{}.log", unique("e2e-sink-"))),
+    );
     let _source = spawn(
         std::path::Path::new(env!("CARGO_BIN_EXE_source-connector")),
         &source_env,
+        &logs.join(format!("{}.log", unique("e2e-source-"))),
     );
 
     // Two polls per region in PostgreSQL (the "fastest rising" panel needs two).
