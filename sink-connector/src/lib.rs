@@ -192,38 +192,33 @@ struct Prepared {
 impl Sink {
     /// Collects the next batch, waiting while the broker is unreachable.
     async fn collect(&self, config: &Config) -> Vec<OwnedMessage> {
-        let mut attempt = 0;
-        loop {
-            match consume::collect(
+        // Not through `retry`: fetching is what failed, there is nothing to pause.
+        let mut failed = false;
+        let on_failure = |e: &rdkafka::error::KafkaError, attempt, delay| {
+            failed = true;
+            self.readiness.set_not_ready("kafka", e.to_string());
+            DependencyRetrying {
+                dependency: "kafka",
+                kind: "consume",
+                error: e,
+                attempt,
+                delay,
+            }
+            .emit();
+        };
+        let batch = plumbing::backoff::retry_until_ok(&self.backoff, on_failure, || {
+            consume::collect(
                 &self.consumer,
                 config.batch_max_records,
                 config.batch_max_wait,
             )
-            .await
-            {
-                Ok(batch) => {
-                    if attempt > 0 {
-                        tracing::info!(dependency = "kafka", "Dependency back");
-                        self.readiness.set_ready("kafka");
-                    }
-                    return batch;
-                }
-                Err(e) => {
-                    self.readiness.set_not_ready("kafka", e.to_string());
-                    attempt += 1;
-                    let delay = self.backoff.delay(attempt - 1);
-                    DependencyRetrying {
-                        dependency: "kafka",
-                        kind: "consume",
-                        error: &e,
-                        attempt,
-                        delay,
-                    }
-                    .emit();
-                    tokio::time::sleep(delay).await;
-                }
-            }
+        })
+        .await;
+        if failed {
+            tracing::info!(dependency = "kafka", "Dependency back");
+            self.readiness.set_ready("kafka");
         }
+        batch
     }
 
     /// Decodes a batch, waiting while the registry is unavailable; fails on a poison record

@@ -13,8 +13,6 @@ use corpus::{cases, Expect};
 use plumbing::testing::{unique, Stack};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message;
-use schema_registry_converter::async_impl::schema_registry::{post_schema, SrSettings};
-use schema_registry_converter::avro_common::get_supplied_schema;
 
 #[tokio::test]
 async fn every_kind_of_bad_input_is_dead_lettered_and_the_records_around_it_are_written() {
@@ -22,27 +20,12 @@ async fn every_kind_of_bad_input_is_dead_lettered_and_the_records_around_it_are_
     let topic = stack.create_topic(1).await.unwrap();
     let group = unique("sink-");
     let db = stack.create_database().await.unwrap();
-    let registry = SrSettings::new(stack.registry_url.clone());
-    let id = post_schema(
-        &registry,
-        format!("{topic}-value"),
-        get_supplied_schema(schemas::schema()),
-    )
-    .await
-    .unwrap()
-    .id;
+    let id = register(&stack, &format!("{topic}-value"), schemas::schema()).await;
     let other = apache_avro::Schema::parse_str(
         r#"{"type":"record","name":"Other","namespace":"corpus","fields":[{"name":"x","type":"long"}]}"#,
     )
     .unwrap();
-    let other_id = post_schema(
-        &registry,
-        format!("{topic}-other"),
-        get_supplied_schema(&other),
-    )
-    .await
-    .unwrap()
-    .id;
+    let other_id = register(&stack, &format!("{topic}-other"), &other).await;
     let fetched = at(1_764_000_000);
     let cases = cases(id, other_id, fetched.timestamp_millis());
     assert!(cases.len() >= 20, "the corpus has {} cases", cases.len());

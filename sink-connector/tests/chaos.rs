@@ -82,31 +82,17 @@ impl Charts {
                     let id = format!("C{:05}", (rank + poll * 37 + r as i64 * 150) % 600);
                     let mut v = schemas::sample(&id, region, rank as i32 + 1, fetched);
                     v.view_count = Some(poll * 1000 + rank);
-                    let mut value = vec![0u8];
-                    value.extend_from_slice(&schema_id.to_be_bytes());
                     let poison = rng.u32(0..150) == 0;
-                    if poison {
-                        match rng.u8(0..3) {
-                            0 => value = b"\xffgarbage".to_vec(),
-                            1 => {
-                                v.view_count = Some(-1);
-                                value.extend(
-                                    apache_avro::to_avro_datum(schemas::schema(), v.to_avro())
-                                        .unwrap(),
-                                );
-                            }
-                            _ => {
-                                let body =
-                                    apache_avro::to_avro_datum(schemas::schema(), v.to_avro())
-                                        .unwrap();
-                                value.extend_from_slice(&body[..body.len() / 2]);
-                            }
-                        }
-                    } else {
-                        value.extend(
-                            apache_avro::to_avro_datum(schemas::schema(), v.to_avro()).unwrap(),
-                        );
+                    let kind = if poison { rng.u8(0..3) } else { 3 };
+                    if kind == 1 {
+                        v.view_count = Some(-1);
                     }
+                    let body = apache_avro::to_avro_datum(schemas::schema(), v.to_avro()).unwrap();
+                    let value = match kind {
+                        0 => b"\xffgarbage".to_vec(),
+                        2 => wire(schema_id, &body[..body.len() / 2]),
+                        _ => wire(schema_id, &body),
+                    };
                     let key = id.into_bytes();
                     sends.push((
                         poison,
@@ -179,7 +165,7 @@ async fn a_sink_killed_at_random_and_postgres_restarted_loses_nothing_and_adds_n
             .create()
             .unwrap(),
         topic: topic.clone(),
-        schema_id: schema_id(&stack, &topic).await,
+        schema_id: register(&stack, &format!("{topic}-value"), schemas::schema()).await,
         rate,
         next_poll: 0,
         rng: fastrand::Rng::with_seed(seed ^ 0x5eed),
@@ -437,17 +423,4 @@ async fn a_sink_killed_at_random_and_postgres_restarted_loses_nothing_and_adds_n
         records as usize,
         produced.valid.len() + produced.poison.len()
     );
-}
-
-async fn schema_id(stack: &Stack, topic: &str) -> u32 {
-    use schema_registry_converter::async_impl::schema_registry::{post_schema, SrSettings};
-    use schema_registry_converter::avro_common::get_supplied_schema;
-    post_schema(
-        &SrSettings::new(stack.registry_url.clone()),
-        format!("{topic}-value"),
-        get_supplied_schema(schemas::schema()),
-    )
-    .await
-    .unwrap()
-    .id
 }

@@ -9,8 +9,6 @@ use std::time::Duration;
 use apache_avro::types::Value;
 use common::*;
 use plumbing::testing::{unique, Outage, Stack};
-use schema_registry_converter::async_impl::schema_registry::{post_schema, SrSettings};
-use schema_registry_converter::avro_common::get_supplied_schema;
 
 async fn count(db: &plumbing::testing::TestDatabase, table: &str) -> i64 {
     connect(db)
@@ -102,14 +100,7 @@ async fn mid_stream_known_schemas_keep_flowing_and_a_new_schema_id_waits() {
             {"name": "extra", "type": ["null", "string"], "default": null}
         ));
     let v2 = apache_avro::Schema::parse_str(&json.to_string()).unwrap();
-    let v2_id = post_schema(
-        &SrSettings::new(stack.registry_url.clone()),
-        format!("{topic}-v2"),
-        get_supplied_schema(&v2),
-    )
-    .await
-    .unwrap()
-    .id;
+    let v2_id = register(&stack, &format!("{topic}-v2"), &v2).await;
 
     registry.set_down(true);
     // Known id: written and committed while the registry is down.
@@ -133,10 +124,11 @@ async fn mid_stream_known_schemas_keep_flowing_and_a_new_schema_id_waits() {
                 "extra".into(),
                 Value::Union(1, Box::new(Value::String("x".into()))),
             ));
-            let mut bytes = vec![0u8];
-            bytes.extend_from_slice(&v2_id.to_be_bytes());
-            bytes.extend(apache_avro::to_avro_datum(&v2, Value::Record(fields)).unwrap());
-            (Some(v.video_id.as_bytes().to_vec()), Some(bytes))
+            let body = apache_avro::to_avro_datum(&v2, Value::Record(fields)).unwrap();
+            (
+                Some(v.video_id.as_bytes().to_vec()),
+                Some(wire(v2_id, &body)),
+            )
         })
         .collect();
     let c = produce_raw(&p, &topic, new).await;

@@ -154,24 +154,35 @@ pub async fn encode(stack: &Stack, topic: &str, videos: &[TrendingVideo]) -> Vec
     out
 }
 
-/// The wire format written by hand, as any Confluent producer would: magic 0, the schema id in
-/// 4 big-endian bytes, the Avro binary body.
-pub async fn encode_by_hand(stack: &Stack, topic: &str, videos: &[TrendingVideo]) -> Vec<Raw> {
-    let id = post_schema(
+/// Registers `schema` under `subject` in the stack's registry; returns its id.
+pub async fn register(stack: &Stack, subject: &str, schema: &apache_avro::Schema) -> u32 {
+    post_schema(
         &SrSettings::new(stack.registry_url.clone()),
-        format!("{topic}-value"),
-        get_supplied_schema(schemas::schema()),
+        subject.to_string(),
+        get_supplied_schema(schema),
     )
     .await
     .unwrap()
-    .id;
+    .id
+}
+
+/// The Confluent wire format, as any producer writes it: magic 0, the schema id in 4 big-endian
+/// bytes, the Avro binary body.
+pub fn wire(id: u32, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![0u8];
+    out.extend_from_slice(&id.to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// The wire format written by hand (see [`wire`]), the schema registered under `<topic>-value`.
+pub async fn encode_by_hand(stack: &Stack, topic: &str, videos: &[TrendingVideo]) -> Vec<Raw> {
+    let id = register(stack, &format!("{topic}-value"), schemas::schema()).await;
     videos
         .iter()
         .map(|v| {
-            let mut bytes = vec![0u8];
-            bytes.extend_from_slice(&id.to_be_bytes());
-            bytes.extend(apache_avro::to_avro_datum(schemas::schema(), v.to_avro()).unwrap());
-            (Some(v.video_id.as_bytes().to_vec()), Some(bytes))
+            let body = apache_avro::to_avro_datum(schemas::schema(), v.to_avro()).unwrap();
+            (Some(v.video_id.as_bytes().to_vec()), Some(wire(id, &body)))
         })
         .collect()
 }

@@ -5,6 +5,8 @@
 use chrono::{TimeZone, Utc};
 use schemas::TrendingVideo;
 
+use crate::common::wire;
+
 /// What the sink must do with a case.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Expect {
@@ -57,13 +59,6 @@ fn body(video_id: &[u8], region: &[u8], fetched_at_ms: i64, rank: i64, nulls: us
 }
 
 const OPTIONAL_FIELDS: usize = 21;
-
-fn wire(id: u32, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![0u8];
-    out.extend_from_slice(&id.to_be_bytes());
-    out.extend_from_slice(body);
-    out
-}
 
 fn avro(v: &TrendingVideo) -> Vec<u8> {
     apache_avro::to_avro_datum(schemas::schema(), v.to_avro()).unwrap()
