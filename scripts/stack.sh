@@ -10,7 +10,8 @@
 #
 # State lives in .stack/ (gitignored): logs in .stack/logs/, pid files in .stack/pids/, data
 # in .stack/data/, the generated PostgreSQL password and test settings in .stack/test.env.
-# Set STACK_BROKER_STORAGE=sqlite before `up` for a broker that keeps its data across restarts.
+# Set STACK_BROKER_STORAGE=postgres (database `tansu` in the stack's PostgreSQL) or sqlite
+# (.stack/data/tansu.db) before `up` for a broker that keeps its data across restarts.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -49,13 +50,21 @@ apt_install() {
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-cargo_install() { # name version [extra args...]
-    local name=$1 version=$2; shift 2
-    if [ -x "$CARGO_BIN/$name" ] && cargo install --list | grep -q "^$name v$version:"; then
-        return 0
-    fi
-    log "cargo install $name $version (slow the first time: tansu about 15-20 min, rivven-schema about 6 min on 2 cores)"
-    cargo install --locked --version "$version" "$@" "$name" >"$LOGS/install-$name.log" 2>&1 \
+# Installed at this version with at least these features (cargo records them in .crates2.json).
+installed_with() { # name version features(comma-separated, may be empty)
+    local name=$1 version=$2 features=$3 entry f
+    [ -x "$CARGO_BIN/$name" ] && cargo install --list | grep -q "^$name v$version:" || return 1
+    entry=$(grep -o "\"$name $version [^}]*}" "${CARGO_HOME:-$HOME/.cargo}/.crates2.json" 2>/dev/null) \
+        || return 1
+    for f in ${features//,/ }; do grep -q "\"$f\"" <<<"$entry" || return 1; done
+}
+
+cargo_install() { # name version features(comma-separated, may be empty)
+    local name=$1 version=$2 features=$3
+    installed_with "$name" "$version" "$features" && return 0
+    log "cargo install $name $version${features:+ (features $features)} (slow the first time: tansu about 25-30 min, rivven-schema about 6 min on 2 cores)"
+    cargo install --locked --version "$version" ${features:+--features "$features"} "$name" \
+        >"$LOGS/install-$name.log" 2>&1 \
         || die "cargo install $name failed, see $LOGS/install-$name.log"
 }
 
@@ -64,8 +73,10 @@ install() {
     # Build deps of rdkafka (cmake-build with SSL) and the stack's Debian packages.
     apt_install cmake pkg-config libssl-dev libcurl4-openssl-dev zlib1g-dev curl postgresql-15 prometheus \
         docker-compose
-    cargo_install tansu "$TANSU_VERSION" --features libsql,dynostore
-    cargo_install rivven-schema "$RIVVEN_VERSION"
+    # postgres: the storage that keeps a broker's data across restarts (the fault suite's
+    # broker restart); libsql (SQLite) is kept for STACK_BROKER_STORAGE=sqlite.
+    cargo_install tansu "$TANSU_VERSION" libsql,dynostore,postgres
+    cargo_install rivven-schema "$RIVVEN_VERSION" ""
 }
 
 # --- processes -------------------------------------------------------------------------------
@@ -130,18 +141,31 @@ stop() { # name binary
 # --- components ------------------------------------------------------------------------------
 
 start_broker() {
-    local storage
+    # In the environment, not the command line: a postgres:// URL carries the role's password.
+    local -x STORAGE_ENGINE
     case "$BROKER_STORAGE" in
-        memory) storage="memory://tansu/" ;;
+        memory) STORAGE_ENGINE="memory://tansu/" ;;
         # Relative to the working directory, .stack/: the file is .stack/data/tansu.db.
-        sqlite) storage="sqlite://data/tansu.db" ;;
-        *) die "STACK_BROKER_STORAGE must be memory or sqlite, not $BROKER_STORAGE" ;;
+        sqlite) STORAGE_ENGINE="sqlite://data/tansu.db" ;;
+        postgres) STORAGE_ENGINE=$(tansu_database) ;;
+        *) die "STACK_BROKER_STORAGE must be memory, sqlite or postgres, not $BROKER_STORAGE" ;;
     esac
     start tansu "$CARGO_BIN/tansu" "$KAFKA_PORT" "$CARGO_BIN/tansu" broker \
         --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-        --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-        --storage-engine "$storage"
+        --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT"
     wait_until "tansu (Kafka API, $BROKER_STORAGE storage) on :$KAFKA_PORT" 60 port_open "$KAFKA_PORT"
+}
+
+# The database of a broker on PostgreSQL storage, with tansu's tables; prints its URL.
+tansu_database() {
+    as_postgres psql -q -v ON_ERROR_STOP=1 -d postgres >/dev/null <<SQL
+SELECT 'CREATE DATABASE tansu OWNER $PG_ROLE'
+ WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'tansu') \gexec
+SQL
+    PGPASSWORD=$(cat "$STATE/pg_password") psql -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" \
+        -U "$PG_ROLE" -d tansu -f "$STATE/tansu-postgres.sql" >/dev/null \
+        || die "could not create tansu's tables in database tansu"
+    echo "postgres://$PG_ROLE:$(cat "$STATE/pg_password")@127.0.0.1:$PG_PORT/tansu?sslmode=disable"
 }
 
 start_registry() {
@@ -192,6 +216,9 @@ SQL
         "SELECT datname FROM pg_database WHERE datname LIKE 'test\_%'" | while read -r db; do
         as_postgres psql -q -d postgres -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null
     done
+    # Tests that start a broker of their own on PostgreSQL storage create its tables from this.
+    "$ROOT/scripts/tansu-pg-schema.sh" "$TANSU_VERSION" >"$STATE/tansu-postgres.sql" \
+        || die "could not derive tansu's PostgreSQL schema"
     local url="postgres://$PG_ROLE:$pw@127.0.0.1:$PG_PORT/$PG_DB?sslmode=disable"
     (umask 077; cat >"$STATE/test.env" <<ENV
 # Written by scripts/stack.sh up. Secrets: this file is private to this machine.
@@ -199,6 +226,7 @@ TEST_KAFKA_BOOTSTRAP=127.0.0.1:$KAFKA_PORT
 TEST_SCHEMA_REGISTRY_URL=http://127.0.0.1:$REGISTRY_PORT
 TEST_DATABASE_URL=$url
 TEST_PROMETHEUS_URL=http://127.0.0.1:$PROMETHEUS_PORT
+TEST_TANSU_PG_SCHEMA=$STATE/tansu-postgres.sql
 ENV
     )
 }

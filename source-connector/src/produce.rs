@@ -58,7 +58,7 @@ fn registry_error(subject: &str, e: SRCError) -> ProduceError {
 }
 
 pub struct Publisher {
-    /// Replaced when librdkafka says it can no longer be used (see [`Publisher::renew_if_dead`]).
+    /// Replaced after a failed publish (see [`Publisher::replace`]).
     producer: std::sync::Mutex<FutureProducer>,
     kafka: KafkaArgs,
     encoder: AvroEncoder<'static>,
@@ -154,35 +154,24 @@ impl Publisher {
             .await
             .map_err(|_| ProduceError::Timeout(self.timeout))
             .and_then(|r| r.map(|_| ()));
-        if let Err(ProduceError::Kafka(e)) = &result {
-            self.renew_if_dead(&producer, e);
+        if let Err(e @ (ProduceError::Kafka(_) | ProduceError::Timeout(_))) = &result {
+            self.replace(&producer, e);
         }
         result
     }
 
-    /// An idempotent producer that was fenced or lost its sequence (e.g. after a broker
-    /// outage) fails every later send: librdkafka calls this fatal, and only a new producer
-    /// (a new producer id) can publish again. Replaces it, so the poll's retry can succeed.
-    pub fn renew_if_dead(&self, used: &FutureProducer, error: &KafkaError) {
-        use rdkafka::types::RDKafkaErrorCode::*;
-        let fatal = used.client().fatal_error();
-        let dead = fatal.is_some()
-            || matches!(
-                error.rdkafka_error_code(),
-                Some(
-                    ProducerFenced
-                        | InvalidProducerEpoch
-                        | OutOfOrderSequenceNumber
-                        | UnknownProducerId
-                )
-            );
-        if !dead {
-            return;
-        }
+    /// Replaces the producer after a publish failed, so the poll's retry starts on a clean
+    /// one. A producer whose sends failed or timed out can be unusable for good: fenced or
+    /// fatally out of sequence after a broker outage, or carrying an epoch librdkafka bumped
+    /// on its own after timeouts, which a broker without KIP-360 (tansu 0.6) refuses on every
+    /// later request. Dropping the old one (once no poll still uses it) also purges what it
+    /// still queued, so a failed poll's records stop trickling in after the failure.
+    pub fn replace(&self, used: &FutureProducer, error: &ProduceError) {
+        let fatal = used.client().fatal_error().map(|(_, reason)| reason);
         match Self::producer(&self.kafka, self.timeout) {
             Ok(fresh) => {
-                tracing::warn!(error = %error, fatal = ?fatal.map(|(_, reason)| reason),
-                    "The Kafka producer can no longer publish: replaced by a new one");
+                tracing::warn!(error = %error, fatal = ?fatal,
+                    "Publishing failed: the Kafka producer is replaced by a new one for the retry");
                 *self.producer.lock().expect("producer lock") = fresh;
             }
             Err(e) => tracing::error!(error = %e, "Could not create a new Kafka producer"),
