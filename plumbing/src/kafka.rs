@@ -1,4 +1,5 @@
-//! Kafka client configuration shared by both connectors, and topic creation.
+//! Kafka client configuration shared by both connectors, topic creation, and a producer that
+//! is renewed after failed sends.
 //!
 //! Every librdkafka property can be passed through (`KAFKA_PROPERTIES`), so users reach SASL_SSL
 //! clusters, tune batching or set a client id without a code change. The SASL password is the one
@@ -13,6 +14,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
 use secrecy::{ExposeSecret, SecretString};
@@ -95,6 +97,52 @@ impl KafkaArgs {
 
 fn is_secret(key: &str) -> bool {
     key.ends_with("password") || key.ends_with("secret") || key.ends_with(".key.pem")
+}
+
+/// A producer replaced by a fresh one after a failed send, shared by the connectors' producers.
+///
+/// An idempotent producer whose sends failed or timed out can be unusable for good: fenced or
+/// fatally out of sequence after a broker outage, or carrying an epoch librdkafka bumped on its
+/// own after timeouts, which a broker without KIP-360 (tansu 0.6) refuses on every later
+/// request. Only a new producer (a new producer id) publishes again. Dropping the old one, once
+/// no send still holds it, purges what it still queued.
+pub struct RenewableProducer {
+    config: ClientConfig,
+    current: std::sync::Mutex<FutureProducer>,
+}
+
+impl RenewableProducer {
+    /// Creates the first producer (without contacting the broker).
+    pub fn new(config: ClientConfig) -> anyhow::Result<Self> {
+        let first = config.create().context("creating the Kafka producer")?;
+        Ok(RenewableProducer {
+            config,
+            current: std::sync::Mutex::new(first),
+        })
+    }
+
+    /// The current producer (a cheap handle): send with it, and pass it to
+    /// [`RenewableProducer::replace`] if the send fails.
+    pub fn get(&self) -> FutureProducer {
+        self.current.lock().expect("producer lock").clone()
+    }
+
+    /// Replaces `failed` after `error`, unless another failed send has replaced it already.
+    pub fn replace(&self, failed: &FutureProducer, error: &dyn std::fmt::Display) {
+        let mut current = self.current.lock().expect("producer lock");
+        if current.client().native_ptr() != failed.client().native_ptr() {
+            return;
+        }
+        let fatal = failed.client().fatal_error().map(|(_, reason)| reason);
+        match self.config.create::<FutureProducer>() {
+            Ok(fresh) => {
+                tracing::warn!(error = %error, fatal = ?fatal,
+                    "Sending failed: the Kafka producer is replaced by a new one for the retry");
+                *current = fresh;
+            }
+            Err(e) => tracing::error!(error = %e, "Could not create a new Kafka producer"),
+        }
+    }
 }
 
 /// How a topic the connector owns should be created if missing.

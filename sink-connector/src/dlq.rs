@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use plumbing::kafka::RenewableProducer;
 use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
@@ -12,12 +13,13 @@ use rdkafka::Message;
 use crate::decode::DecodeError;
 
 pub struct DeadLetters {
-    producer: FutureProducer,
+    /// Replaced after a failed send, so the batch's retry starts on a clean producer.
+    producer: RenewableProducer,
     topic: String,
 }
 
 impl DeadLetters {
-    pub fn new(producer: FutureProducer, topic: String) -> Self {
+    pub fn new(producer: RenewableProducer, topic: String) -> Self {
         DeadLetters { producer, topic }
     }
 
@@ -33,8 +35,25 @@ impl DeadLetters {
         &self,
         poison: &[(&OwnedMessage, &DecodeError)],
     ) -> Result<(), rdkafka::error::KafkaError> {
-        let results =
-            futures::future::join_all(poison.iter().map(|(m, e)| self.send_one(m, e, true))).await;
+        let producer = self.producer.get();
+        let sent = self.send_all(&producer, poison).await;
+        if let Err(e) = &sent {
+            self.producer.replace(&producer, e);
+        }
+        sent
+    }
+
+    async fn send_all(
+        &self,
+        producer: &FutureProducer,
+        poison: &[(&OwnedMessage, &DecodeError)],
+    ) -> Result<(), rdkafka::error::KafkaError> {
+        let results = futures::future::join_all(
+            poison
+                .iter()
+                .map(|(m, e)| self.send_one(producer, m, e, true)),
+        )
+        .await;
         let mut dropped = Vec::new();
         for (result, (m, e)) in results.into_iter().zip(poison) {
             match result {
@@ -45,7 +64,7 @@ impl DeadLetters {
                     tracing::warn!(topic = m.topic(), partition = m.partition(), offset = m.offset(),
                         bytes = m.payload().map_or(0, <[u8]>::len),
                         "Poison record too large for the dead-letter topic: dead-lettered without its value");
-                    dropped.push(self.send_one(m, e, false));
+                    dropped.push(self.send_one(producer, m, e, false));
                 }
                 Err(err) => return Err(err),
             }
@@ -58,6 +77,7 @@ impl DeadLetters {
 
     async fn send_one(
         &self,
+        producer: &FutureProducer,
         m: &OwnedMessage,
         error: &DecodeError,
         with_value: bool,
@@ -98,7 +118,7 @@ impl DeadLetters {
             }
             None => {}
         }
-        self.producer
+        producer
             .send(record.headers(headers), Duration::from_secs(30))
             .await
             .map(|_| ())

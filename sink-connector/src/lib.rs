@@ -25,11 +25,10 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use chrono::Utc;
 use plumbing::backoff::Backoff;
-use plumbing::kafka::{ensure_topics, TopicSpec};
+use plumbing::kafka::{ensure_topics, RenewableProducer, TopicSpec};
 use plumbing::readiness::Readiness;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::OwnedMessage;
-use rdkafka::producer::FutureProducer;
 use rdkafka::Message;
 use schemas::TrendingVideo;
 use tokio_util::sync::CancellationToken;
@@ -104,17 +103,14 @@ pub async fn run(
         readiness.set_ready(check);
     }
 
-    let producer: FutureProducer = config
-        .kafka
-        .client_config(&[
-            ("enable.idempotence", "true"),
-            ("acks", "all"),
-            // Poison records are rare; one per batch keeps them readable on tansu, which skips
-            // the rest of a batch fetched from its middle.
-            ("batch.num.messages", "1"),
-        ])?
-        .create()
-        .context("creating the dead-letter producer")?;
+    let producer = RenewableProducer::new(config.kafka.client_config(&[
+        ("enable.idempotence", "true"),
+        ("acks", "all"),
+        // Poison records are rare; one per batch keeps them readable on tansu, which skips
+        // the rest of a batch fetched from its middle.
+        ("batch.num.messages", "1"),
+    ])?)
+    .context("creating the dead-letter producer")?;
     let sink = Sink {
         consumer: consume::consumer(&config.kafka, &config.group_id, &config.topic)?,
         decoder: Decoder::new(&config.registry.schema_registry_url),

@@ -44,8 +44,7 @@ pub async fn run(
 ) -> anyhow::Result<bool> {
     let key = config.api_key()?;
     let client = youtube::Client::new(&config, key).context("building the HTTP client")?;
-    let producer = Publisher::producer(&config.kafka, config.produce_timeout)
-        .context("creating the Kafka producer")?;
+    let producer = std::sync::Arc::new(Publisher::producer(&config.kafka, config.produce_timeout)?);
     let backoff = Backoff::new(config.retry_initial_backoff, config.retry_max_backoff);
     let state_topic = config.state_topic();
 
@@ -80,7 +79,6 @@ pub async fn run(
             || async {
                 match Publisher::register(
                     producer.clone(),
-                    &config.kafka,
                     &config.registry.schema_registry_url,
                     &config.topic,
                     config.produce_timeout,

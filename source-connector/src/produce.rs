@@ -4,12 +4,13 @@
 //! every record of the poll is acknowledged by the broker, or fails as a whole: the caller then
 //! redoes the poll whole (duplicates are harmless downstream, loss is not).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::try_join_all;
-use plumbing::kafka::KafkaArgs;
+use plumbing::kafka::{KafkaArgs, RenewableProducer};
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureRecord, Producer};
 use schema_registry_converter::async_impl::avro::AvroEncoder;
 use schema_registry_converter::async_impl::schema_registry::{post_schema, SrSettings};
 use schema_registry_converter::avro_common::get_supplied_schema;
@@ -58,9 +59,8 @@ fn registry_error(subject: &str, e: SRCError) -> ProduceError {
 }
 
 pub struct Publisher {
-    /// Replaced after a failed publish (see [`Publisher::replace`]).
-    producer: std::sync::Mutex<FutureProducer>,
-    kafka: KafkaArgs,
+    /// Replaced after a failed publish, so the poll's retry starts on a clean one.
+    producer: Arc<RenewableProducer>,
     encoder: AvroEncoder<'static>,
     strategy: SubjectNameStrategy,
     topic: String,
@@ -69,30 +69,27 @@ pub struct Publisher {
 
 impl Publisher {
     /// The idempotent producer. Creating it does not contact the broker.
-    pub fn producer(kafka: &KafkaArgs, timeout: Duration) -> anyhow::Result<FutureProducer> {
+    pub fn producer(kafka: &KafkaArgs, timeout: Duration) -> anyhow::Result<RenewableProducer> {
         let timeout_ms = timeout.as_millis().to_string();
-        let producer = kafka
-            .client_config(&[
-                ("enable.idempotence", "true"),
-                ("acks", "all"),
-                ("compression.type", "lz4"),
-                ("linger.ms", "20"),
-                // One record per batch. tansu 0.6 (the local stack's broker) skips the rest of a
-                // batch when a consumer fetches from its middle, as a sink does after
-                // committing part of it: batches would lose records there. At a few thousand
-                // records per poll, single-record batches cost nothing on Kafka either.
-                ("batch.num.messages", "1"),
-                ("message.timeout.ms", &timeout_ms),
-            ])?
-            .create()?;
-        Ok(producer)
+        let config = kafka.client_config(&[
+            ("enable.idempotence", "true"),
+            ("acks", "all"),
+            ("compression.type", "lz4"),
+            ("linger.ms", "20"),
+            // One record per batch. tansu 0.6 (the local stack's broker) skips the rest of a
+            // batch when a consumer fetches from its middle, as a sink does after
+            // committing part of it: batches would lose records there. At a few thousand
+            // records per poll, single-record batches cost nothing on Kafka either.
+            ("batch.num.messages", "1"),
+            ("message.timeout.ms", &timeout_ms),
+        ])?;
+        RenewableProducer::new(config)
     }
 
     /// Registers the schema under `<topic>-value`; fails with [`ProduceError::SchemaRejected`]
     /// when the registry finds it incompatible with the subject's latest version.
     pub async fn register(
-        producer: FutureProducer,
-        kafka: &KafkaArgs,
+        producer: Arc<RenewableProducer>,
         registry_url: &str,
         topic: &str,
         timeout: Duration,
@@ -104,8 +101,7 @@ impl Publisher {
             .await
             .map_err(|e| registry_error(&subject, e))?;
         let publisher = Publisher {
-            producer: std::sync::Mutex::new(producer),
-            kafka: kafka.clone(),
+            producer,
             encoder: AvroEncoder::new(settings),
             strategy: SubjectNameStrategy::TopicNameStrategyWithSchema(
                 topic.to_string(),
@@ -136,7 +132,7 @@ impl Publisher {
                 })?;
             encoded.push((r.video_id.as_str(), bytes));
         }
-        let producer = self.producer_handle();
+        let producer = self.producer.get();
         let sends = encoded.iter().map(|(key, value)| {
             let producer = &producer;
             async move {
@@ -155,38 +151,20 @@ impl Publisher {
             .map_err(|_| ProduceError::Timeout(self.timeout))
             .and_then(|r| r.map(|_| ()));
         if let Err(e @ (ProduceError::Kafka(_) | ProduceError::Timeout(_))) = &result {
-            self.replace(&producer, e);
+            self.producer.replace(&producer, e);
         }
         result
     }
 
-    /// Replaces the producer after a publish failed, so the poll's retry starts on a clean
-    /// one. A producer whose sends failed or timed out can be unusable for good: fenced or
-    /// fatally out of sequence after a broker outage, or carrying an epoch librdkafka bumped
-    /// on its own after timeouts, which a broker without KIP-360 (tansu 0.6) refuses on every
-    /// later request. Dropping the old one (once no poll still uses it) also purges what it
-    /// still queued, so a failed poll's records stop trickling in after the failure.
-    pub fn replace(&self, used: &FutureProducer, error: &ProduceError) {
-        let fatal = used.client().fatal_error().map(|(_, reason)| reason);
-        match Self::producer(&self.kafka, self.timeout) {
-            Ok(fresh) => {
-                tracing::warn!(error = %error, fatal = ?fatal,
-                    "Publishing failed: the Kafka producer is replaced by a new one for the retry");
-                *self.producer.lock().expect("producer lock") = fresh;
-            }
-            Err(e) => tracing::error!(error = %e, "Could not create a new Kafka producer"),
-        }
-    }
-
     /// Waits for anything still queued in the producer, at shutdown.
     pub fn flush(&self, timeout: Duration) {
-        if let Err(e) = self.producer_handle().flush(timeout) {
+        if let Err(e) = self.producer.get().flush(timeout) {
             tracing::warn!(error = %e, "Producer flush at shutdown did not complete");
         }
     }
 
-    /// The current producer (a cheap handle).
-    pub fn producer_handle(&self) -> FutureProducer {
-        self.producer.lock().expect("producer lock").clone()
+    /// The producer the state records are sent with (shared with the charts').
+    pub fn renewable_producer(&self) -> &RenewableProducer {
+        &self.producer
     }
 }

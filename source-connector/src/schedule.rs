@@ -90,14 +90,13 @@ impl Poller {
             last_success_at: fetched_at,
             videos: records.len(),
         };
-        state::save(
-            &self.publisher.producer_handle(),
-            &self.state_topic,
-            &saved,
-            self.produce_timeout,
-        )
-        .await
-        .map_err(PollError::State)?;
+        let producer = self.publisher.renewable_producer().get();
+        state::save(&producer, &self.state_topic, &saved, self.produce_timeout)
+            .await
+            .map_err(|e| {
+                self.publisher.renewable_producer().replace(&producer, &e);
+                PollError::State(e)
+            })?;
         self.readiness.set_ready("kafka");
         PollCompleted {
             region,
