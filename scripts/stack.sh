@@ -10,8 +10,8 @@
 #
 # State lives in .stack/ (gitignored): logs in .stack/logs/, pid files in .stack/pids/, data
 # in .stack/data/, the generated PostgreSQL password and test settings in .stack/test.env.
-# Set STACK_BROKER_STORAGE=postgres (database `tansu` in the stack's PostgreSQL) or sqlite
-# (.stack/data/tansu.db) before `up` for a broker that keeps its data across restarts.
+# Set STACK_BROKER_STORAGE=postgres before `up` for a broker that keeps its data across restarts
+# (database `tansu` in the stack's PostgreSQL; see the README's known differences).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -142,7 +142,8 @@ stop() { # name binary
 
 start_broker() {
     # In the environment, not the command line: a postgres:// URL carries the role's password.
-    local -x STORAGE_ENGINE
+    # tansu logs that URL whole at debug level, so its level is pinned whatever RUST_LOG says.
+    local -x STORAGE_ENGINE RUST_LOG=warn
     case "$BROKER_STORAGE" in
         memory) STORAGE_ENGINE="memory://tansu/" ;;
         # Relative to the working directory, .stack/: the file is .stack/data/tansu.db.
@@ -158,7 +159,8 @@ start_broker() {
 
 # The database of a broker on PostgreSQL storage, with tansu's tables; prints its URL.
 tansu_database() {
-    as_postgres psql -q -v ON_ERROR_STOP=1 -d postgres >/dev/null <<SQL
+    # In a command substitution set -e is off: each failure is checked here.
+    as_postgres psql -q -v ON_ERROR_STOP=1 -d postgres >/dev/null <<SQL || die "could not create the database tansu"
 SELECT 'CREATE DATABASE tansu OWNER $PG_ROLE'
  WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'tansu') \gexec
 SQL
@@ -278,5 +280,5 @@ case "${1:-}" in
     down) down ;;
     status) status ;;
     logs) ls -l "$LOGS" ;;
-    *) sed -n '2,15p' "$0"; exit 2 ;;
+    *) sed -n '2,14p' "$0"; exit 2 ;;
 esac

@@ -105,7 +105,7 @@ fn is_secret(key: &str) -> bool {
 /// fatally out of sequence after a broker outage, or carrying an epoch librdkafka bumped on its
 /// own after timeouts, which a broker without KIP-360 (tansu 0.6) refuses on every later
 /// request. Only a new producer (a new producer id) publishes again. Dropping the old one, once
-/// no send still holds it, purges what it still queued.
+/// no other send still holds it, purges what it still queued.
 pub struct RenewableProducer {
     config: ClientConfig,
     current: std::sync::Mutex<FutureProducer>,
@@ -121,27 +121,32 @@ impl RenewableProducer {
         })
     }
 
-    /// The current producer (a cheap handle): send with it, and pass it to
+    /// The current producer (a cheap handle): send with it, and give it to
     /// [`RenewableProducer::replace`] if the send fails.
     pub fn get(&self) -> FutureProducer {
         self.current.lock().expect("producer lock").clone()
     }
 
     /// Replaces `failed` after `error`, unless another failed send has replaced it already.
-    pub fn replace(&self, failed: &FutureProducer, error: &dyn std::fmt::Display) {
+    /// Must be called within a tokio runtime.
+    pub fn replace(&self, failed: FutureProducer, error: &dyn std::fmt::Display) {
         let mut current = self.current.lock().expect("producer lock");
-        if current.client().native_ptr() != failed.client().native_ptr() {
-            return;
-        }
-        let fatal = failed.client().fatal_error().map(|(_, reason)| reason);
-        match self.config.create::<FutureProducer>() {
-            Ok(fresh) => {
-                tracing::warn!(error = %error, fatal = ?fatal,
-                    "Sending failed: the Kafka producer is replaced by a new one for the retry");
-                *current = fresh;
+        let mut old = None;
+        if current.client().native_ptr() == failed.client().native_ptr() {
+            let fatal = failed.client().fatal_error().map(|(_, reason)| reason);
+            match self.config.create::<FutureProducer>() {
+                Ok(fresh) => {
+                    tracing::warn!(error = %error, fatal = ?fatal,
+                        "Sending failed: the Kafka producer is replaced by a new one for the retry");
+                    old = Some(std::mem::replace(&mut *current, fresh));
+                }
+                Err(e) => tracing::error!(error = %e, "Could not create a new Kafka producer"),
             }
-            Err(e) => tracing::error!(error = %e, "Could not create a new Kafka producer"),
         }
+        drop(current);
+        // The last handle's drop purges, flushes (up to 500 ms) and joins librdkafka's threads:
+        // not on an async worker, where it would stall every other task.
+        tokio::task::spawn_blocking(move || drop((failed, old)));
     }
 }
 

@@ -38,7 +38,7 @@ impl DeadLetters {
         let producer = self.producer.get();
         let sent = self.send_all(&producer, poison).await;
         if let Err(e) = &sent {
-            self.producer.replace(&producer, e);
+            self.producer.replace(producer, e);
         }
         sent
     }

@@ -47,8 +47,12 @@ fn registry_error(subject: &str, e: SRCError) -> ProduceError {
         Some(cause) => format!("{}: {cause}", e.error),
         None => e.error.clone(),
     };
-    // 409 is the registry's "incompatible"; 422 an invalid schema. Both are permanent.
-    if detail.contains("409") || detail.contains("422") {
+    // 409 is the registry's "incompatible"; 422 an invalid schema. Both are permanent. Matched
+    // on the converter's own wording: a bare "409" also turns up in URLs (port 44095).
+    let rejected = ["409", "422"]
+        .iter()
+        .any(|code| detail.contains(&format!("failed with status {code}")));
+    if rejected {
         ProduceError::SchemaRejected {
             subject: subject.to_string(),
             detail,
@@ -151,7 +155,7 @@ impl Publisher {
             .map_err(|_| ProduceError::Timeout(self.timeout))
             .and_then(|r| r.map(|_| ()));
         if let Err(e @ (ProduceError::Kafka(_) | ProduceError::Timeout(_))) = &result {
-            self.producer.replace(&producer, e);
+            self.producer.replace(producer, e);
         }
         result
     }
@@ -166,5 +170,24 @@ impl Publisher {
     /// The producer the state records are sent with (shared with the charts').
     pub fn renewable_producer(&self) -> &RenewableProducer {
         &self.producer
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_409_or_422_answer_is_a_rejected_schema() {
+        let conflict = SRCError::non_retryable_with_cause(
+            "Schema being registered is incompatible",
+            "HTTP request to schema registry failed with status 409 Conflict",
+        );
+        assert!(!registry_error("t-value", conflict).is_retriable());
+        let unreachable = SRCError::non_retryable_with_cause(
+            "error sending request for url (http://127.0.0.1:44095/subjects/t-value/versions)",
+            "http call to schema registry failed",
+        );
+        assert!(registry_error("t-value", unreachable).is_retriable());
     }
 }

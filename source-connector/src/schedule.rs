@@ -94,7 +94,10 @@ impl Poller {
         state::save(&producer, &self.state_topic, &saved, self.produce_timeout)
             .await
             .map_err(|e| {
-                self.publisher.renewable_producer().replace(&producer, &e);
+                let shown = format!("{e:#}");
+                self.publisher
+                    .renewable_producer()
+                    .replace(producer, &shown);
                 PollError::State(e)
             })?;
         self.readiness.set_ready("kafka");

@@ -54,6 +54,8 @@ fn start_broker(dir: &std::path::Path, port: u16, storage: &str) -> Child {
             &url,
         ])
         .env("STORAGE_ENGINE", storage)
+        // tansu logs the storage URL, password included, at debug level.
+        .env("RUST_LOG", "warn")
         .current_dir(dir)
         .stdout(log.try_clone().unwrap())
         .stderr(log)
@@ -194,8 +196,8 @@ async fn a_broker_frozen_mid_stream_the_sink_resumes_from_its_offsets() {
     run("memory://tansu/", Interruption::Freeze(FREEZE), true).await;
 }
 
-/// On PostgreSQL storage, as the stack runs a broker that keeps its data (tansu's SQLite
-/// storage breaks down at the first producer epoch bump, restart or not; see README).
+/// On PostgreSQL storage, tansu's one storage that keeps data across a restart and works
+/// (SQLite breaks down at the first producer epoch bump, restart or not; see README).
 #[tokio::test]
 async fn a_broker_restarted_mid_stream_loses_nothing_and_reports_no_partial_chart() {
     let storage = Stack::from_env()
