@@ -121,15 +121,27 @@ impl RenewableProducer {
         })
     }
 
-    /// The current producer (a cheap handle): send with it, and give it to
-    /// [`RenewableProducer::replace`] if the send fails.
+    /// The current producer (a cheap handle), e.g. to flush it at shutdown.
     pub fn get(&self) -> FutureProducer {
         self.current.lock().expect("producer lock").clone()
     }
 
+    /// Runs `send` with the current producer. If it fails, that producer is replaced before
+    /// the error is returned, so the caller's retry starts on a fresh one.
+    pub async fn send_with<T, E: std::fmt::Display>(
+        &self,
+        send: impl AsyncFnOnce(&FutureProducer) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let producer = self.get();
+        let result = send(&producer).await;
+        if let Err(e) = &result {
+            self.replace(producer, &format!("{e:#}"));
+        }
+        result
+    }
+
     /// Replaces `failed` after `error`, unless another failed send has replaced it already.
-    /// Must be called within a tokio runtime.
-    pub fn replace(&self, failed: FutureProducer, error: &dyn std::fmt::Display) {
+    fn replace(&self, failed: FutureProducer, error: &str) {
         let mut current = self.current.lock().expect("producer lock");
         let mut old = None;
         if current.client().native_ptr() == failed.client().native_ptr() {

@@ -80,6 +80,11 @@ pub const MAX_CLOCK_SKEW: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
 pub const MAX_FIELD_LENGTH: usize = 16 * 1024 * 1024;
 
 impl Decoder {
+    /// The newest `fetched_at` a record may carry now.
+    pub fn latest_fetched_at() -> chrono::DateTime<chrono::Utc> {
+        chrono::Utc::now() + MAX_CLOCK_SKEW
+    }
+
     pub fn new(registry_url: &str) -> Self {
         apache_avro::util::max_allocation_bytes(MAX_FIELD_LENGTH);
         Decoder {
@@ -88,10 +93,13 @@ impl Decoder {
         }
     }
 
+    /// Decodes and validates one record; a `fetched_at` after `latest` (see
+    /// [`Decoder::latest_fetched_at`], read once per batch) makes it invalid.
     pub async fn decode(
         &self,
         key: Option<&[u8]>,
         value: Option<&[u8]>,
+        latest: chrono::DateTime<chrono::Utc>,
     ) -> Result<TrendingVideo, DecodeError> {
         let value = value.ok_or(DecodeError::Tombstone)?;
         if value.len() < 5 || value[0] != 0 {
@@ -118,7 +126,7 @@ impl Decoder {
         } else {
             TrendingVideo::from_avro(decoded)?
         };
-        if video.fetched_at > chrono::Utc::now() + MAX_CLOCK_SKEW {
+        if video.fetched_at > latest {
             return Err(DecodeError::Invalid(schemas::RecordError::Invalid {
                 field: "fetched_at",
                 reason: format!(

@@ -35,12 +35,9 @@ impl DeadLetters {
         &self,
         poison: &[(&OwnedMessage, &DecodeError)],
     ) -> Result<(), rdkafka::error::KafkaError> {
-        let producer = self.producer.get();
-        let sent = self.send_all(&producer, poison).await;
-        if let Err(e) = &sent {
-            self.producer.replace(producer, e);
-        }
-        sent
+        self.producer
+            .send_with(async |producer| self.send_all(producer, poison).await)
+            .await
     }
 
     async fn send_all(

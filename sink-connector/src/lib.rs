@@ -351,12 +351,13 @@ impl Sink {
         batch: &[OwnedMessage],
     ) -> Result<Vec<Result<TrendingVideo, DecodeError>>, DecodeError> {
         let mut out = Vec::with_capacity(batch.len());
+        let latest = Decoder::latest_fetched_at();
         for (i, m) in batch.iter().enumerate() {
             // Decoding a cached schema never waits: let the write of the previous batch move on.
             if i % 256 == 255 {
                 tokio::task::yield_now().await;
             }
-            match self.decoder.decode(m.key(), m.payload()).await {
+            match self.decoder.decode(m.key(), m.payload(), latest).await {
                 Err(e) if e.is_retriable() => return Err(e),
                 r => out.push(r),
             }

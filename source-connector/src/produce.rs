@@ -136,28 +136,24 @@ impl Publisher {
                 })?;
             encoded.push((r.video_id.as_str(), bytes));
         }
-        let producer = self.producer.get();
-        let sends = encoded.iter().map(|(key, value)| {
-            let producer = &producer;
-            async move {
-                producer
-                    .send(
-                        FutureRecord::to(&self.topic).key(*key).payload(value),
-                        self.timeout,
-                    )
+        self.producer
+            .send_with(async |producer| {
+                let sends = encoded.iter().map(|(key, value)| async move {
+                    producer
+                        .send(
+                            FutureRecord::to(&self.topic).key(*key).payload(value),
+                            self.timeout,
+                        )
+                        .await
+                        .map(|_| ())
+                        .map_err(|(e, _)| ProduceError::Kafka(e))
+                });
+                tokio::time::timeout(self.timeout, try_join_all(sends))
                     .await
+                    .map_err(|_| ProduceError::Timeout(self.timeout))?
                     .map(|_| ())
-                    .map_err(|(e, _)| ProduceError::Kafka(e))
-            }
-        });
-        let result = tokio::time::timeout(self.timeout, try_join_all(sends))
+            })
             .await
-            .map_err(|_| ProduceError::Timeout(self.timeout))
-            .and_then(|r| r.map(|_| ()));
-        if let Err(e @ (ProduceError::Kafka(_) | ProduceError::Timeout(_))) = &result {
-            self.producer.replace(producer, e);
-        }
-        result
     }
 
     /// Waits for anything still queued in the producer, at shutdown.

@@ -90,16 +90,13 @@ impl Poller {
             last_success_at: fetched_at,
             videos: records.len(),
         };
-        let producer = self.publisher.renewable_producer().get();
-        state::save(&producer, &self.state_topic, &saved, self.produce_timeout)
+        self.publisher
+            .renewable_producer()
+            .send_with(async |producer| {
+                state::save(producer, &self.state_topic, &saved, self.produce_timeout).await
+            })
             .await
-            .map_err(|e| {
-                let shown = format!("{e:#}");
-                self.publisher
-                    .renewable_producer()
-                    .replace(producer, &shown);
-                PollError::State(e)
-            })?;
+            .map_err(PollError::State)?;
         self.readiness.set_ready("kafka");
         PollCompleted {
             region,
