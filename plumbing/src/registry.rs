@@ -1,6 +1,8 @@
-//! Schema registry connection settings shared by both connectors.
+//! Schema registry connection settings shared by both connectors, and how to read the
+//! registry client's errors.
 
 use clap::Args;
+use schema_registry_converter::error::SRCError;
 
 /// Where the Confluent-API schema registry is.
 #[derive(Debug, Clone, Args)]
@@ -12,4 +14,46 @@ pub struct RegistryArgs {
         default_value = "http://127.0.0.1:18081"
     )]
     pub schema_registry_url: String,
+}
+
+/// The error's whole text: what failed, then the registry's own answer when there is one.
+pub fn describe(e: &SRCError) -> String {
+    match &e.cause {
+        Some(cause) => format!("{}: {cause}", e.error),
+        None => e.error.clone(),
+    }
+}
+
+/// The HTTP status the registry answered with, when the error is an answer at all (the client
+/// reports statuses only in its message, "... failed with status 404 Not Found"). `None` for a
+/// registry that could not be reached or an answer that could not be read.
+pub fn answered_status(e: &SRCError) -> Option<u16> {
+    // Matched on the client's wording: a bare number also turns up in URLs (port 44095).
+    let (_, rest) = e.error.split_once("failed with status ")?;
+    rest.get(..3)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_is_read_from_the_clients_message_only() {
+        let answered = SRCError::new(
+            "HTTP request to schema registry failed with status 404 Not Found",
+            Some("Schema not found".into()),
+            false,
+        );
+        assert_eq!(answered_status(&answered), Some(404));
+        assert_eq!(
+            describe(&answered),
+            "HTTP request to schema registry failed with status 404 Not Found: Schema not found"
+        );
+        let unreachable = SRCError::new(
+            "http call to schema registry failed",
+            Some("error sending request for url (http://127.0.0.1:44095/schemas/ids/409)".into()),
+            true,
+        );
+        assert_eq!(answered_status(&unreachable), None);
+    }
 }

@@ -180,19 +180,25 @@ pub fn metric_sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<
 
 /// A TCP proxy in front of a real service (e.g. the schema registry) that can be switched
 /// "down": then it closes every open connection and refuses new ones, as a service that died
-/// would. Switched up again, it forwards to the same service. The service itself is real; only
-/// its reachability changes.
+/// would; or "failing": then it answers every HTTP request with a 500, as a service whose
+/// backend broke would. Switched up again, it forwards to the same service. The service itself
+/// is real; only what reaches it changes.
 pub struct Outage {
     /// `host:port` to give the client instead of the service's.
     pub addr: String,
-    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    mode: std::sync::Arc<std::sync::atomic::AtomicU8>,
     connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
 }
+
+const UP: u8 = 0;
+const DOWN: u8 = 1;
+const FAILING: u8 = 2;
 
 impl Outage {
     /// Starts forwarding to `target` (`host:port`, or a URL whose host and port are used).
     pub async fn start(target: &str) -> Outage {
         use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let target = target
             .trim_start_matches("http://")
             .trim_end_matches('/')
@@ -201,27 +207,42 @@ impl Outage {
             .await
             .expect("bind the outage proxy");
         let addr = listener.local_addr().expect("local addr").to_string();
-        let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mode = std::sync::Arc::new(std::sync::atomic::AtomicU8::new(UP));
         let connections = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (d, c) = (down.clone(), connections.clone());
+        let (m, c) = (mode.clone(), connections.clone());
         tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
-                if d.load(Ordering::SeqCst) {
-                    drop(inbound);
-                    continue;
-                }
                 let target = target.clone();
-                let task = tokio::spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                let task = match m.load(Ordering::SeqCst) {
+                    DOWN => {
+                        drop(inbound);
+                        continue;
                     }
-                });
+                    FAILING => tokio::spawn(async move {
+                        let body =
+                            r#"{"error_code":50001,"message":"Error in the backend datastore"}"#;
+                        let mut request = [0u8; 4096];
+                        let _ = inbound.read(&mut request).await;
+                        let answer = format!(
+                            "HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\n\
+                             content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                            body.len()
+                        );
+                        let _ = inbound.write_all(answer.as_bytes()).await;
+                    }),
+                    _ => tokio::spawn(async move {
+                        if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                            let _ =
+                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        }
+                    }),
+                };
                 c.lock().expect("connections").push(task.abort_handle());
             }
         });
         Outage {
             addr,
-            down,
+            mode,
             connections,
         }
     }
@@ -232,8 +253,18 @@ impl Outage {
     }
 
     pub fn set_down(&self, down: bool) {
-        self.down.store(down, std::sync::atomic::Ordering::SeqCst);
-        if down {
+        self.set_mode(if down { DOWN } else { UP });
+    }
+
+    /// Every request answered with a 500 (`true`), or forwarded again (`false`).
+    pub fn set_failing(&self, failing: bool) {
+        self.set_mode(if failing { FAILING } else { UP });
+    }
+
+    fn set_mode(&self, mode: u8) {
+        self.mode.store(mode, std::sync::atomic::Ordering::SeqCst);
+        if mode != UP {
+            // Kept-alive connections would go on reaching the service.
             for c in self.connections.lock().expect("connections").drain(..) {
                 c.abort();
             }

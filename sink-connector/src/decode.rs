@@ -5,8 +5,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use plumbing::registry;
 use schema_registry_converter::async_impl::avro::AvroDecoder;
 use schema_registry_converter::async_impl::schema_registry::SrSettings;
+use schema_registry_converter::error::SRCError;
 use schemas::{RecordError, TrendingVideo};
 
 /// Why a record could not be turned into a [`TrendingVideo`]. All but
@@ -156,21 +158,7 @@ impl Decoder {
         let fetched = match self.registry.decode_with_schema(Some(value)).await {
             Ok(Some(d)) => d.schema,
             Ok(None) => return Err(DecodeError::Tombstone),
-            Err(e) => {
-                let detail = match &e.cause {
-                    Some(c) => format!("{}: {c}", e.error),
-                    None => e.error.clone(),
-                };
-                return Err(if e.retriable {
-                    // Errors are cached by the registry client; a transient one must not stick.
-                    self.registry.remove_errors_from_cache();
-                    DecodeError::RegistryUnavailable(detail)
-                } else if detail.contains("transform bytes") {
-                    DecodeError::Avro(detail)
-                } else {
-                    DecodeError::Schema { id, detail }
-                });
-            }
+            Err(e) => return Err(self.registry_error(id, e)),
         };
         let writer = Arc::new(WriterSchema {
             is_current: fetched.parsed.canonical_form() == schemas::schema().canonical_form(),
@@ -181,6 +169,25 @@ impl Decoder {
             .expect("schema cache lock")
             .insert(id, writer.clone());
         Ok(writer)
+    }
+
+    /// What a failed schema lookup says about the record. Only "no such id" (404) or a schema
+    /// that cannot be read makes the record poison. Every other answer is about the registry,
+    /// not the record: the client calls only 502 and 503 retriable, but a 500, a 504, a 429 or
+    /// a 401 after a credentials change would otherwise dead-letter valid records, one schema
+    /// id at a time, until a restart (the client caches the error too).
+    fn registry_error(&self, id: u32, e: SRCError) -> DecodeError {
+        let detail = registry::describe(&e);
+        let status = registry::answered_status(&e);
+        if e.retriable || status.is_some_and(|s| s != 404) {
+            // Errors are cached by the registry client; a transient one must not stick.
+            self.registry.remove_errors_from_cache();
+            DecodeError::RegistryUnavailable(detail)
+        } else if detail.contains("transform bytes") {
+            DecodeError::Avro(detail)
+        } else {
+            DecodeError::Schema { id, detail }
+        }
     }
 }
 
@@ -196,5 +203,37 @@ impl std::io::Read for Body<'_> {
             self.overrun = true;
         }
         self.rest.read(buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(status: &str) -> SRCError {
+        SRCError::non_retryable_with_cause(
+            "{}",
+            &format!("HTTP request to schema registry failed with status {status}"),
+        )
+    }
+
+    #[test]
+    fn only_a_404_makes_a_record_poison_any_other_answer_means_the_registry_is_unavailable() {
+        let decoder = Decoder::new("http://127.0.0.1:9");
+        assert!(matches!(
+            decoder.registry_error(7, answer("404 Not Found")),
+            DecodeError::Schema { id: 7, .. }
+        ));
+        for status in [
+            "500 Internal Server Error",
+            "504 Gateway Timeout",
+            "429 Too Many Requests",
+            "401 Unauthorized",
+        ] {
+            let e = decoder.registry_error(7, answer(status));
+            assert!(e.is_retriable(), "{status}: {e}");
+        }
+        let unreachable = SRCError::retryable_with_cause("connection refused", "http call failed");
+        assert!(decoder.registry_error(7, unreachable).is_retriable());
     }
 }

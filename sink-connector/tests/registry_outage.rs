@@ -1,6 +1,7 @@
 //! The schema registry unreachable (behind a proxy switched down; the registry itself is real):
 //! at start the sink waits and commits nothing; mid-stream, records of schemas it already knows
-//! keep flowing while a new schema id waits; nothing is dead-lettered because of the outage.
+//! keep flowing while a new schema id waits, also when the registry answers 500s instead of
+//! nothing; nothing is dead-lettered because of the outage.
 
 mod common;
 
@@ -113,7 +114,9 @@ async fn mid_stream_known_schemas_keep_flowing_and_a_new_schema_id_waits() {
     wait_committed(&stack, &topic, &group, 1, &b, &sink).await;
     assert_eq!(count(&db, "video_snapshots").await, 100);
 
-    // New id: waits, uncommitted, not dead-lettered.
+    // New id, with the registry answering 500s now (its backend broken, say): waits,
+    // uncommitted, not dead-lettered. Only a 404 would make it poison.
+    registry.set_failing(true);
     let new: Vec<Raw> = chart("FR", 50, at(3_000), 3)
         .iter()
         .map(|v| {
@@ -144,7 +147,7 @@ async fn mid_stream_known_schemas_keep_flowing_and_a_new_schema_id_waits() {
         503
     );
 
-    registry.set_down(false);
+    registry.set_failing(false);
     wait_committed(&stack, &topic, &group, 1, &c, &sink).await;
     assert_eq!(count(&db, "video_snapshots").await, 150);
     assert!(

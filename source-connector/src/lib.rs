@@ -106,6 +106,24 @@ pub async fn run(
     tracing::info!(topic = %config.topic, schema_id, regions = ?config.regions,
         interval_s = config.poll_interval.as_secs(), "Source connector started");
 
+    let now = Utc::now();
+    let dues: Vec<_> = config
+        .regions
+        .iter()
+        .map(|region| match config.once {
+            true => (region, now),
+            false => (
+                region,
+                first_due(last.get(region), config.poll_interval, now),
+            ),
+        })
+        .collect();
+    if dues.iter().any(|(_, due)| *due > now) {
+        // Restarted within the interval: the API answered a poll of less than an interval ago
+        // (the state topic says so), and the next one may be half an hour away. Held at "not
+        // checked yet" until then, the source would be unready all that time.
+        readiness.set_ready("youtube_api");
+    }
     let poller = Arc::new(Poller::new(
         client,
         publisher,
@@ -113,14 +131,8 @@ pub async fn run(
         config.produce_timeout,
         readiness,
     ));
-    let now = Utc::now();
     let mut tasks = JoinSet::new();
-    for region in &config.regions {
-        let due = if config.once {
-            now
-        } else {
-            first_due(last.get(region), config.poll_interval, now)
-        };
+    for (region, due) in dues {
         let region_loop = RegionLoop {
             region: region.clone(),
             interval: config.poll_interval,

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use futures::future::try_join_all;
 use plumbing::kafka::{KafkaArgs, RenewableProducer};
+use plumbing::registry;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureRecord, Producer};
 use schema_registry_converter::async_impl::avro::AvroEncoder;
@@ -43,16 +44,9 @@ impl ProduceError {
 }
 
 fn registry_error(subject: &str, e: SRCError) -> ProduceError {
-    let detail = match &e.cause {
-        Some(cause) => format!("{}: {cause}", e.error),
-        None => e.error.clone(),
-    };
-    // 409 is the registry's "incompatible"; 422 an invalid schema. Both are permanent. Matched
-    // on the converter's own wording: a bare "409" also turns up in URLs (port 44095).
-    let rejected = ["409", "422"]
-        .iter()
-        .any(|code| detail.contains(&format!("failed with status {code}")));
-    if rejected {
+    let detail = registry::describe(&e);
+    // 409 is the registry's "incompatible"; 422 an invalid schema. Both are permanent.
+    if matches!(registry::answered_status(&e), Some(409 | 422)) {
         ProduceError::SchemaRejected {
             subject: subject.to_string(),
             detail,
@@ -128,6 +122,9 @@ impl Publisher {
                 .encode_value(r.to_avro(), &self.strategy)
                 .await
                 .map_err(|e| {
+                    // The encoder keeps failures in its cache too, transient ones included: left
+                    // there, a registry outage at the first poll would fail every later poll.
+                    self.encoder.remove_errors_from_cache();
                     let subject = format!("{}-value", self.topic);
                     match registry_error(&subject, e) {
                         ProduceError::Registry(d) => ProduceError::Encode(d),

@@ -85,6 +85,7 @@ impl Poller {
         self.readiness.set_ready("youtube_api");
         let records = chart_records(videos, region, fetched_at, &categories);
         self.publisher.publish(&records).await?;
+        self.readiness.set_ready("schema_registry");
         let saved = RegionState {
             region: region.to_string(),
             last_success_at: fetched_at,
@@ -134,6 +135,10 @@ impl Poller {
             PollError::Api(ApiError::KeyRejected { .. } | ApiError::Rejected { .. }) => {
                 self.readiness
                     .set_not_ready("youtube_api", error.to_string());
+            }
+            PollError::Produce(ProduceError::Encode(_)) => {
+                self.readiness
+                    .set_not_ready("schema_registry", error.to_string());
             }
             PollError::Produce(_) | PollError::State(_) => {
                 self.readiness.set_not_ready("kafka", error.to_string());

@@ -458,6 +458,14 @@ async fn a_restart_within_the_interval_does_not_poll_again_but_after_it_does() {
         after_first,
         "polled again within the interval"
     );
+    let addr = second.http_addr().await;
+    let ready = reqwest::get(format!("http://{addr}/readyz")).await.unwrap();
+    assert_eq!(
+        ready.status().as_u16(),
+        200,
+        "ready while waiting for the next poll: {}",
+        ready.text().await.unwrap()
+    );
     second.sigterm();
     assert!(second.wait(Duration::from_secs(30)).await.success());
 
@@ -834,6 +842,58 @@ async fn with_the_registry_down_at_start_the_source_publishes_nothing_until_it_c
     source
         .wait_for_log("Poll published", Duration::from_secs(60))
         .await;
+    source.sigterm();
+    assert!(source.wait(Duration::from_secs(30)).await.success());
+    assert_eq!(read_topic(&stack, &topic).await.len(), 80);
+}
+
+#[tokio::test]
+async fn with_the_registry_down_at_the_first_poll_the_source_recovers_alone() {
+    let stack = Stack::from_env().unwrap();
+    let api = StandIn::start().await;
+    api.set_chart("FR", 80);
+    // Slow enough to cut the registry between the start-up registration and the poll's encoding
+    // (3 requests of 1 s; the API timeout is 2 s).
+    api.set_delay(Some(Duration::from_secs(1)));
+    let registry = plumbing::testing::Outage::start(&stack.registry_url).await;
+    let topic = unique("test-");
+    let url = registry.url();
+    let mut source = Source::spawn(
+        &stack,
+        &api,
+        &topic,
+        &[("POLL_INTERVAL", "1h"), ("SCHEMA_REGISTRY_URL", &url)],
+    );
+    let addr = source.http_addr().await;
+    source
+        .wait_for_log("Source connector started", Duration::from_secs(30))
+        .await;
+    registry.set_down(true);
+    source
+        .wait_for_log("\"kind\":\"encode\"", Duration::from_secs(30))
+        .await;
+    let ready = reqwest::get(format!("http://{addr}/readyz")).await.unwrap();
+    assert_eq!(ready.status().as_u16(), 503);
+    assert!(
+        ready.text().await.unwrap().contains("schema_registry"),
+        "the registry is named as what is missing"
+    );
+    assert!(read_topic(&stack, &topic).await.is_empty());
+
+    // The failed lookup must not stay in the encoder's cache: the retried poll succeeds.
+    api.set_delay(None);
+    registry.set_down(false);
+    source
+        .wait_for_log("Poll published", Duration::from_secs(60))
+        .await;
+    assert_eq!(
+        reqwest::get(format!("http://{addr}/readyz"))
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        200
+    );
     source.sigterm();
     assert!(source.wait(Duration::from_secs(30)).await.success());
     assert_eq!(read_topic(&stack, &topic).await.len(), 80);
