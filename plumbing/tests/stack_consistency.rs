@@ -1,7 +1,8 @@
 //! The Compose stack hangs together: Debian's docker-compose accepts the file; every variable
 //! the connectors read is set in it or listed in `.env.example`; every Prometheus scrape target
 //! is a Compose service listening on that port; every Grafana datasource points at a Compose
-//! service; every mounted path exists.
+//! service; every mounted path exists; the Dockerfile's dependency layer is a workspace cargo
+//! accepts.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -153,4 +154,61 @@ fn grafana_datasources_point_at_compose_services_and_mounts_exist() {
             );
         }
     }
+}
+
+/// The images are not built here (no Docker engine), but their first cargo step can be checked:
+/// the manifests the Dockerfile copies, plus the empty crates its skeleton step makes, must load
+/// as a workspace, or `docker compose build` fails (a `[[bin]]` without its file once did).
+#[test]
+fn the_dockerfiles_dependency_layer_is_a_workspace_cargo_accepts() {
+    let dockerfile = read("Dockerfile").replace("\\\n", " ");
+    let dir = std::env::temp_dir().join(format!("docker-skeleton-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut skeleton = None;
+    for line in dockerfile.lines() {
+        if let Some(args) = line.strip_prefix("COPY ") {
+            let args: Vec<&str> = args.split_whitespace().collect();
+            let (dest, sources) = args.split_last().unwrap();
+            if !sources
+                .iter()
+                .all(|s| s.ends_with("Cargo.toml") || s.ends_with("Cargo.lock"))
+            {
+                break; // the sources themselves: past the dependency layer
+            }
+            for source in sources {
+                let to = match dest.ends_with('/') {
+                    true => dir
+                        .join(dest)
+                        .join(PathBuf::from(source).file_name().unwrap()),
+                    false => dir.join(dest),
+                };
+                std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+                std::fs::copy(root().join(source), &to).unwrap();
+            }
+        } else if let Some(run) = line
+            .strip_prefix("RUN ")
+            .filter(|r| r.contains("src/main.rs"))
+        {
+            skeleton = Some(run.to_string());
+        }
+    }
+    let skeleton = skeleton.expect("a RUN step writing the empty crates (src/main.rs)");
+    let made = Command::new("bash")
+        .args(["-c", &skeleton])
+        .current_dir(&dir)
+        .status()
+        .unwrap();
+    assert!(made.success(), "the skeleton step failed: {skeleton}");
+    let out = Command::new(env!("CARGO"))
+        .args(["metadata", "--format-version", "1", "--locked", "--offline"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        out.status.success(),
+        "cargo refuses the Dockerfile's dependency layer: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
