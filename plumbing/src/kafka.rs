@@ -32,7 +32,9 @@ pub struct KafkaArgs {
 
     /// Extra librdkafka properties as comma-separated `key=value` pairs, e.g.
     /// `security.protocol=SASL_SSL,sasl.mechanism=PLAIN,sasl.username=me`. They override the
-    /// connector's own settings, so use with care. Put the SASL password in KAFKA_SASL_PASSWORD.
+    /// connector's own settings, so use with care; the ones its delivery guarantees rest on
+    /// (acks, enable.idempotence, enable.auto.commit, enable.auto.offset.store, group.id) are
+    /// refused. Put the SASL password in KAFKA_SASL_PASSWORD.
     #[arg(long, env = "KAFKA_PROPERTIES", value_delimiter = ',', value_parser = parse_property)]
     pub kafka_properties: Vec<(String, String)>,
 
@@ -72,6 +74,17 @@ impl KafkaArgs {
                  use KAFKA_SASL_PASSWORD or KAFKA_SASL_PASSWORD_FILE"
             );
         }
+        if let Some((k, _)) = self
+            .kafka_properties
+            .iter()
+            .find(|(k, _)| PINNED.contains(&&**k))
+        {
+            bail!(
+                "`{k}` cannot be set in KAFKA_PROPERTIES: the connectors' delivery guarantees \
+                 (nothing lost, nothing committed before it is written) depend on their own \
+                 value; remove it (the sink's group is KAFKA_GROUP_ID)"
+            );
+        }
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", &self.kafka_bootstrap_servers);
         for (k, v) in defaults {
@@ -94,6 +107,17 @@ impl KafkaArgs {
         )
     }
 }
+
+/// Properties the connectors set themselves and their guarantees rest on: an idempotent,
+/// all-replica producer, and a consumer whose offsets move only when the sink commits them
+/// after the rows are written, in the group the replay tool works on.
+const PINNED: &[&str] = &[
+    "acks",
+    "enable.idempotence",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "group.id",
+];
 
 fn is_secret(key: &str) -> bool {
     key.ends_with("password") || key.ends_with("secret") || key.ends_with(".key.pem")
@@ -226,6 +250,16 @@ mod tests {
         assert_eq!(config.get("security.protocol"), Some("SASL_SSL"));
         assert_eq!(config.get("linger.ms"), Some("5"));
         assert_eq!(config.get("bootstrap.servers"), Some("127.0.0.1:19092"));
+    }
+
+    #[test]
+    fn properties_the_guarantees_rest_on_are_refused() {
+        for property in ["acks=1", "enable.auto.commit=true", "group.id=other"] {
+            let cli = Cli::try_parse_from(["x", "--kafka-properties", property]).unwrap();
+            let err = cli.kafka.client_config(&[]).unwrap_err().to_string();
+            let key = property.split('=').next().unwrap();
+            assert!(err.contains(&format!("`{key}` cannot be set")), "{err}");
+        }
     }
 
     #[test]

@@ -126,6 +126,16 @@ impl StandIn {
 const PAGE: usize = 50;
 
 fn error_body(code: u16, reason: &str) -> Value {
+    if reason == "API_KEY_INVALID" {
+        // What googleapis.com answers today for a wrong key: the reason only in `details`.
+        let message = "API key not valid. Please pass a valid API key.";
+        return json!({"error": {"code": code, "message": message,
+            "errors": [{"message": message, "domain": "global", "reason": "badRequest"}],
+            "status": "INVALID_ARGUMENT",
+            "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": reason, "domain": "googleapis.com",
+                "metadata": {"service": "youtube.googleapis.com"}}]}});
+    }
     let (domain, message) = match reason {
         "quotaExceeded" => ("youtube.quota", "The request cannot be completed because you have exceeded your <a href=\"/youtube/v3/getting-started#quota\">quota</a>."),
         "keyInvalid" => ("usageLimits", "API key not valid. Please pass a valid API key."),

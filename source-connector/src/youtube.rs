@@ -113,6 +113,10 @@ struct ErrorBody {
     message: Option<String>,
     #[serde(default)]
     errors: Vec<ErrorItem>,
+    /// Google's newer error model, beside `errors`: an invalid key comes back as 400
+    /// `badRequest` in `errors`, and only `details` says `API_KEY_INVALID`.
+    #[serde(default)]
+    details: Vec<ErrorItem>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -402,6 +406,16 @@ fn classify(
         .as_ref()
         .and_then(|e| e.error.message.clone())
         .unwrap_or_default();
+    let key_detail = parsed.as_ref().and_then(|e| {
+        e.error.details.iter().find_map(|d| {
+            d.reason
+                .clone()
+                .filter(|r| r.starts_with("API_KEY_") || r == "SERVICE_DISABLED")
+        })
+    });
+    if let Some(reason) = key_detail {
+        return ApiError::KeyRejected { reason };
+    }
     match reason.as_str() {
         "quotaExceeded" | "dailyLimitExceeded" => return ApiError::QuotaExceeded,
         "videoChartNotFound" => {
@@ -511,6 +525,31 @@ mod tests {
         );
         assert!(
             matches!(too_many, ApiError::RateLimited { retry_after: Some(d) } if d.as_secs() == 3)
+        );
+    }
+
+    #[test]
+    fn an_invalid_key_in_googles_newer_error_model_is_a_rejected_key() {
+        // What googleapis.com answers for a wrong key: `badRequest` in `errors`, the key only in
+        // `details`.
+        let body = serde_json::json!({"error": {
+            "code": 400,
+            "message": "API key not valid. Please pass a valid API key.",
+            "errors": [{"message": "API key not valid. Please pass a valid API key.",
+                        "domain": "global", "reason": "badRequest"}],
+            "status": "INVALID_ARGUMENT",
+            "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                         "reason": "API_KEY_INVALID", "domain": "googleapis.com",
+                         "metadata": {"service": "youtube.googleapis.com"}}]}});
+        let e = classify(
+            StatusCode::BAD_REQUEST,
+            body.to_string().as_bytes(),
+            "FR",
+            None,
+        );
+        assert!(
+            matches!(&e, ApiError::KeyRejected { reason } if reason == "API_KEY_INVALID"),
+            "{e:?}"
         );
     }
 
