@@ -87,6 +87,26 @@ impl Decoder {
         chrono::Utc::now() + MAX_CLOCK_SKEW
     }
 
+    /// Whether the registry answers (its subject list), checked at start-up: without it no
+    /// record of a schema the sink has not seen yet can be read, so the sink is not ready.
+    pub async fn check_registry(registry_url: &str) -> anyhow::Result<()> {
+        let url = format!("{}/subjects", registry_url.trim_end_matches('/'));
+        let answer = reqwest::Client::new()
+            .get(&url)
+            .timeout(std::time::Duration::from_secs(5))
+            .send()
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!("the schema registry did not answer: {}", e.without_url())
+            })?;
+        anyhow::ensure!(
+            answer.status().is_success(),
+            "the schema registry answered HTTP {} to GET /subjects",
+            answer.status()
+        );
+        Ok(())
+    }
+
     pub fn new(registry_url: &str) -> Self {
         apache_avro::util::max_allocation_bytes(MAX_FIELD_LENGTH);
         Decoder {

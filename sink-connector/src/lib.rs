@@ -93,6 +93,10 @@ pub async fn run(
             ensure_topics(&kafka_config, std::slice::from_ref(&dlq_spec))
         })
         .await;
+        retry_until_ok(&backoff, &readiness, "schema_registry", || {
+            Decoder::check_registry(&config.registry.schema_registry_url)
+        })
+        .await;
         anyhow::Ok(())
     };
     tokio::select! {

@@ -38,8 +38,6 @@ async fn with_the_registry_down_at_start_the_sink_waits_then_writes_everything()
     let topic = stack.create_topic(2).await.unwrap();
     let group = unique("sink-");
     let db = stack.create_database().await.unwrap();
-    let records = encode_by_hand(&stack, &topic, &chart("FR", 100, at(1_000), 1)).await;
-    let ends = produce_raw(&producer(&stack), &topic, records).await;
     let registry = Outage::start(&stack.registry_url).await;
     registry.set_down(true);
 
@@ -50,9 +48,14 @@ async fn with_the_registry_down_at_start_the_sink_waits_then_writes_everything()
         &group,
         &[("SCHEMA_REGISTRY_URL", &registry.url())],
     );
+    // Checked at start, before any record needs it: not ready on an empty topic either.
     wait_log(&sink, "\"dependency\":\"schema_registry\"").await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
     let addr = sink.http_addr().await;
+    assert_eq!(reqwest_status(&addr, "/readyz").await, 503);
+
+    let records = encode_by_hand(&stack, &topic, &chart("FR", 100, at(1_000), 1)).await;
+    let ends = produce_raw(&producer(&stack), &topic, records).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(reqwest_status(&addr, "/readyz").await, 503);
     assert!(committed(&stack, &topic, &group, 2).is_empty());
     assert_eq!(count(&db, "video_snapshots").await, 0);
