@@ -206,7 +206,9 @@ start_postgres() {
         (umask 077; head -c 24 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' >"$pwfile")
     fi
     local pw; pw=$(cat "$pwfile")
-    as_postgres psql -q -v ON_ERROR_STOP=1 -v pw="$pw" -d postgres >/dev/null <<SQL
+    # The password goes in on stdin: on the command line `ps` would show it (it is alphanumeric).
+    as_postgres psql -q -v ON_ERROR_STOP=1 -d postgres >/dev/null <<SQL
+\set pw '$pw'
 SELECT format('CREATE ROLE $PG_ROLE LOGIN CREATEDB PASSWORD %L', :'pw')
  WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$PG_ROLE') \gexec
 SELECT format('ALTER ROLE $PG_ROLE LOGIN CREATEDB PASSWORD %L', :'pw') \gexec
