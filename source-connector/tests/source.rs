@@ -7,7 +7,7 @@ use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use apache_avro::types::Value as Avro;
-use plumbing::testing::{metric_sample, unique, Stack};
+use plumbing::testing::{metric_sample, unique, Outage, Stack};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use schema_registry_converter::async_impl::avro::AvroDecoder;
@@ -132,6 +132,14 @@ impl Source {
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
             .find_map(|l| l["addr"].as_str().map(str::to_string))
             .expect("the HTTP address in the logs")
+    }
+
+    /// Status and body of `GET path` on the connector's HTTP port.
+    async fn get(&self, path: &str) -> (u16, String) {
+        let r = reqwest::get(format!("http://{}{path}", self.http_addr().await))
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
     }
 
     async fn wait_for_log(&self, needle: &str, timeout: Duration) {
@@ -462,14 +470,8 @@ async fn a_restart_within_the_interval_does_not_poll_again_but_after_it_does() {
         after_first,
         "polled again within the interval"
     );
-    let addr = second.http_addr().await;
-    let ready = reqwest::get(format!("http://{addr}/readyz")).await.unwrap();
-    assert_eq!(
-        ready.status().as_u16(),
-        200,
-        "ready while waiting for the next poll: {}",
-        ready.text().await.unwrap()
-    );
+    let (status, body) = second.get("/readyz").await;
+    assert_eq!(status, 200, "ready while waiting for the next poll: {body}");
     second.sigterm();
     assert!(second.wait(Duration::from_secs(30)).await.success());
 
@@ -811,31 +813,37 @@ async fn a_source_killed_mid_poll_polls_again_after_restart_and_every_video_arri
     assert_eq!(ids, expected, "every video of the chart, once");
 }
 
+/// A source polling a chart of 80 once an hour, reaching the registry through a proxy that the
+/// test switches down and up.
+async fn behind_a_registry_proxy(
+    stack: &Stack,
+    api: &StandIn,
+    down_at_start: bool,
+) -> (Outage, Source, String) {
+    api.set_chart("FR", 80);
+    let registry = Outage::start(&stack.registry_url).await;
+    registry.set_down(down_at_start);
+    let topic = unique("test-");
+    let url = registry.url();
+    let source = Source::spawn(
+        stack,
+        api,
+        &topic,
+        &[("POLL_INTERVAL", "1h"), ("SCHEMA_REGISTRY_URL", &url)],
+    );
+    (registry, source, topic)
+}
+
 #[tokio::test]
 async fn with_the_registry_down_at_start_the_source_publishes_nothing_until_it_can_register() {
     let stack = Stack::from_env().unwrap();
     let api = StandIn::start().await;
-    api.set_chart("FR", 80);
-    let registry = plumbing::testing::Outage::start(&stack.registry_url).await;
-    registry.set_down(true);
-    let topic = unique("test-");
-    let url = registry.url();
-    let mut source = Source::spawn(
-        &stack,
-        &api,
-        &topic,
-        &[("POLL_INTERVAL", "1h"), ("SCHEMA_REGISTRY_URL", &url)],
-    );
-    let addr = source.http_addr().await;
+    let (registry, mut source, topic) = behind_a_registry_proxy(&stack, &api, true).await;
     source
         .wait_for_log("register_schema", Duration::from_secs(30))
         .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let status = reqwest::get(format!("http://{addr}/readyz"))
-        .await
-        .unwrap()
-        .status()
-        .as_u16();
+    let (status, _) = source.get("/readyz").await;
     assert_eq!(status, 503, "not ready without the registry");
     assert!(
         read_topic(&stack, &topic).await.is_empty(),
@@ -855,20 +863,10 @@ async fn with_the_registry_down_at_start_the_source_publishes_nothing_until_it_c
 async fn with_the_registry_down_at_the_first_poll_the_source_recovers_alone() {
     let stack = Stack::from_env().unwrap();
     let api = StandIn::start().await;
-    api.set_chart("FR", 80);
     // Slow enough to cut the registry between the start-up registration and the poll's encoding
     // (3 requests of 1 s; the API timeout is 2 s).
     api.set_delay(Some(Duration::from_secs(1)));
-    let registry = plumbing::testing::Outage::start(&stack.registry_url).await;
-    let topic = unique("test-");
-    let url = registry.url();
-    let mut source = Source::spawn(
-        &stack,
-        &api,
-        &topic,
-        &[("POLL_INTERVAL", "1h"), ("SCHEMA_REGISTRY_URL", &url)],
-    );
-    let addr = source.http_addr().await;
+    let (registry, mut source, topic) = behind_a_registry_proxy(&stack, &api, false).await;
     source
         .wait_for_log("Source connector started", Duration::from_secs(30))
         .await;
@@ -876,11 +874,11 @@ async fn with_the_registry_down_at_the_first_poll_the_source_recovers_alone() {
     source
         .wait_for_log("\"kind\":\"encode\"", Duration::from_secs(30))
         .await;
-    let ready = reqwest::get(format!("http://{addr}/readyz")).await.unwrap();
-    assert_eq!(ready.status().as_u16(), 503);
+    let (status, body) = source.get("/readyz").await;
+    assert_eq!(status, 503);
     assert!(
-        ready.text().await.unwrap().contains("schema_registry"),
-        "the registry is named as what is missing"
+        body.contains("schema_registry"),
+        "the registry is named as what is missing: {body}"
     );
     assert!(read_topic(&stack, &topic).await.is_empty());
 
@@ -890,14 +888,7 @@ async fn with_the_registry_down_at_the_first_poll_the_source_recovers_alone() {
     source
         .wait_for_log("Poll published", Duration::from_secs(60))
         .await;
-    assert_eq!(
-        reqwest::get(format!("http://{addr}/readyz"))
-            .await
-            .unwrap()
-            .status()
-            .as_u16(),
-        200
-    );
+    assert_eq!(source.get("/readyz").await.0, 200);
     source.sigterm();
     assert!(source.wait(Duration::from_secs(30)).await.success());
     assert_eq!(read_topic(&stack, &topic).await.len(), 80);
