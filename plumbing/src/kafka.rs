@@ -33,8 +33,8 @@ pub struct KafkaArgs {
     /// Extra librdkafka properties as comma-separated `key=value` pairs, e.g.
     /// `security.protocol=SASL_SSL,sasl.mechanism=PLAIN,sasl.username=me`. They override the
     /// connector's own settings, so use with care; the ones its delivery guarantees rest on
-    /// (acks, enable.idempotence, enable.auto.commit, enable.auto.offset.store, group.id) are
-    /// refused. Put the SASL password in KAFKA_SASL_PASSWORD.
+    /// (acks, enable.idempotence, enable.auto.commit, enable.auto.offset.store,
+    /// auto.offset.reset, group.id) are refused. Put the SASL password in KAFKA_SASL_PASSWORD.
     #[arg(long, env = "KAFKA_PROPERTIES", value_delimiter = ',', value_parser = parse_property)]
     pub kafka_properties: Vec<(String, String)>,
 
@@ -109,13 +109,16 @@ impl KafkaArgs {
 }
 
 /// Properties the connectors set themselves and their guarantees rest on: an idempotent,
-/// all-replica producer, and a consumer whose offsets move only when the sink commits them
-/// after the rows are written, in the group the replay tool works on.
+/// all-replica producer, and a consumer that starts a new group at the beginning of the topic
+/// and whose offsets move only when the sink commits them after the rows are written, in the
+/// group the replay tool works on. Aliases included.
 const PINNED: &[&str] = &[
     "acks",
+    "request.required.acks",
     "enable.idempotence",
     "enable.auto.commit",
     "enable.auto.offset.store",
+    "auto.offset.reset",
     "group.id",
 ];
 
@@ -254,7 +257,13 @@ mod tests {
 
     #[test]
     fn properties_the_guarantees_rest_on_are_refused() {
-        for property in ["acks=1", "enable.auto.commit=true", "group.id=other"] {
+        for property in [
+            "acks=1",
+            "request.required.acks=1",
+            "enable.auto.commit=true",
+            "auto.offset.reset=latest",
+            "group.id=other",
+        ] {
             let cli = Cli::try_parse_from(["x", "--kafka-properties", property]).unwrap();
             let err = cli.kafka.client_config(&[]).unwrap_err().to_string();
             let key = property.split('=').next().unwrap();

@@ -2,7 +2,13 @@
 //! registry client's errors.
 
 use clap::Args;
+use schema_registry_converter::async_impl::schema_registry::SrSettings;
 use schema_registry_converter::error::SRCError;
+
+/// How long one registry request may take. The client's plain constructor sets no limit: a
+/// registry that accepts the connection and never answers would stall a poll or a batch for
+/// good, with every check still green.
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Where the Confluent-API schema registry is.
 #[derive(Debug, Clone, Args)]
@@ -14,6 +20,14 @@ pub struct RegistryArgs {
         default_value = "http://127.0.0.1:18081"
     )]
     pub schema_registry_url: String,
+}
+
+/// The registry client's settings for `url`, with [`REQUEST_TIMEOUT`].
+pub fn settings(url: &str) -> anyhow::Result<SrSettings> {
+    SrSettings::new_builder(url.to_string())
+        .set_timeout(REQUEST_TIMEOUT)
+        .build()
+        .map_err(|e| anyhow::anyhow!("creating the schema registry client: {}", describe(&e)))
 }
 
 /// The error's whole text: what failed, then the registry's own answer when there is one.

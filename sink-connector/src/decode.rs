@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 
 use plumbing::registry;
 use schema_registry_converter::async_impl::avro::AvroDecoder;
-use schema_registry_converter::async_impl::schema_registry::SrSettings;
 use schema_registry_converter::error::SRCError;
 use schemas::{RecordError, TrendingVideo};
 
@@ -93,7 +92,7 @@ impl Decoder {
         let url = format!("{}/subjects", registry_url.trim_end_matches('/'));
         let answer = reqwest::Client::new()
             .get(&url)
-            .timeout(std::time::Duration::from_secs(5))
+            .timeout(registry::REQUEST_TIMEOUT)
             .send()
             .await
             .map_err(|e| {
@@ -107,12 +106,12 @@ impl Decoder {
         Ok(())
     }
 
-    pub fn new(registry_url: &str) -> Self {
+    pub fn new(registry_url: &str) -> anyhow::Result<Self> {
         apache_avro::util::max_allocation_bytes(MAX_FIELD_LENGTH);
-        Decoder {
-            registry: AvroDecoder::new(SrSettings::new(registry_url.to_string())),
+        Ok(Decoder {
+            registry: AvroDecoder::new(registry::settings(registry_url)?),
             schemas: Mutex::new(HashMap::new()),
-        }
+        })
     }
 
     /// Decodes and validates one record; a `fetched_at` after `latest` (see
@@ -239,7 +238,7 @@ mod tests {
 
     #[test]
     fn only_a_404_makes_a_record_poison_any_other_answer_means_the_registry_is_unavailable() {
-        let decoder = Decoder::new("http://127.0.0.1:9");
+        let decoder = Decoder::new("http://127.0.0.1:9").unwrap();
         assert!(matches!(
             decoder.registry_error(7, answer("404 Not Found")),
             DecodeError::Schema { id: 7, .. }

@@ -117,7 +117,7 @@ pub async fn run(
     .context("creating the dead-letter producer")?;
     let sink = Sink {
         consumer: consume::consumer(&config.kafka, &config.group_id, &config.topic)?,
-        decoder: Decoder::new(&config.registry.schema_registry_url),
+        decoder: Decoder::new(&config.registry.schema_registry_url)?,
         writer,
         dlq: DeadLetters::new(producer, dlq_topic),
         readiness,

@@ -117,9 +117,8 @@ async fn mid_stream_known_schemas_keep_flowing_and_a_new_schema_id_waits() {
     wait_committed(&stack, &topic, &group, 1, &b, &sink).await;
     assert_eq!(count(&db, "video_snapshots").await, 100);
 
-    // New id, with the registry answering 500s now (its backend broken, say): waits,
-    // uncommitted, not dead-lettered. Only a 404 would make it poison.
-    registry.set_failing(true);
+    // New id, the registry still unreachable, then answering 500s (its backend broken, say):
+    // it waits through both, uncommitted, not dead-lettered. Only a 404 would make it poison.
     let new: Vec<Raw> = chart("FR", 50, at(3_000), 3)
         .iter()
         .map(|v| {
@@ -139,6 +138,8 @@ async fn mid_stream_known_schemas_keep_flowing_and_a_new_schema_id_waits() {
         .collect();
     let c = produce_raw(&p, &topic, new).await;
     wait_log(&sink, "\"dependency\":\"schema_registry\"").await;
+    registry.set_failing(true);
+    wait_log(&sink, "failed with status 500").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
         committed(&stack, &topic, &group, 1),

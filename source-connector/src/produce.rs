@@ -13,7 +13,7 @@ use plumbing::registry;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureRecord, Producer};
 use schema_registry_converter::async_impl::avro::AvroEncoder;
-use schema_registry_converter::async_impl::schema_registry::{post_schema, SrSettings};
+use schema_registry_converter::async_impl::schema_registry::post_schema;
 use schema_registry_converter::avro_common::get_supplied_schema;
 use schema_registry_converter::error::SRCError;
 use schema_registry_converter::schema_registry_common::SubjectNameStrategy;
@@ -92,7 +92,8 @@ impl Publisher {
         topic: &str,
         timeout: Duration,
     ) -> Result<(Self, u32), ProduceError> {
-        let settings = SrSettings::new(registry_url.to_string());
+        let settings = registry::settings(registry_url)
+            .map_err(|e| ProduceError::Registry(format!("{e:#}")))?;
         let subject = format!("{topic}-value");
         let supplied = get_supplied_schema(schemas::schema());
         let registered = post_schema(&settings, subject.clone(), supplied.clone())
