@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use plumbing::registry;
 use schema_registry_converter::async_impl::avro::AvroDecoder;
+use schema_registry_converter::async_impl::schema_registry::{get_all_subjects, SrSettings};
 use schema_registry_converter::error::SRCError;
 use schemas::{RecordError, TrendingVideo};
 
@@ -65,6 +66,8 @@ struct WriterSchema {
 pub struct Decoder {
     /// Fetches writer's schemas from the registry, sharing concurrent requests for one id.
     registry: AvroDecoder<'static>,
+    /// The same registry client's settings, for the start-up check.
+    settings: SrSettings,
     /// Writer's schemas by id, so the registry client is needed only for the first record of
     /// each id.
     schemas: Mutex<HashMap<u32, Arc<WriterSchema>>>,
@@ -88,28 +91,19 @@ impl Decoder {
 
     /// Whether the registry answers (its subject list), checked at start-up: without it no
     /// record of a schema the sink has not seen yet can be read, so the sink is not ready.
-    pub async fn check_registry(registry_url: &str) -> anyhow::Result<()> {
-        let url = format!("{}/subjects", registry_url.trim_end_matches('/'));
-        let answer = reqwest::Client::new()
-            .get(&url)
-            .timeout(registry::REQUEST_TIMEOUT)
-            .send()
+    pub async fn check_registry(&self) -> Result<(), DecodeError> {
+        get_all_subjects(&self.settings)
             .await
-            .map_err(|e| {
-                anyhow::anyhow!("the schema registry did not answer: {}", e.without_url())
-            })?;
-        anyhow::ensure!(
-            answer.status().is_success(),
-            "the schema registry answered HTTP {} to GET /subjects",
-            answer.status()
-        );
-        Ok(())
+            .map(|_| ())
+            .map_err(|e| DecodeError::RegistryUnavailable(registry::describe(&e)))
     }
 
     pub fn new(registry_url: &str) -> anyhow::Result<Self> {
         apache_avro::util::max_allocation_bytes(MAX_FIELD_LENGTH);
+        let settings = registry::settings(registry_url)?;
         Ok(Decoder {
-            registry: AvroDecoder::new(registry::settings(registry_url)?),
+            registry: AvroDecoder::new(settings.clone()),
+            settings,
             schemas: Mutex::new(HashMap::new()),
         })
     }

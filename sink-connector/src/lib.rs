@@ -70,6 +70,7 @@ pub async fn run(
     let writer = Writer::new(&url, config.database_pool_size)?;
     let backoff = Backoff::new(config.retry_initial_backoff, config.retry_max_backoff);
     let dlq_topic = config.dlq_topic();
+    let decoder = Decoder::new(&config.registry.schema_registry_url)?;
 
     // Start-up steps wait for their dependency, with backoff, until shutdown.
     let boot = async {
@@ -94,7 +95,7 @@ pub async fn run(
         })
         .await;
         retry_until_ok(&backoff, &readiness, "schema_registry", || {
-            Decoder::check_registry(&config.registry.schema_registry_url)
+            decoder.check_registry()
         })
         .await;
         anyhow::Ok(())
@@ -117,7 +118,7 @@ pub async fn run(
     .context("creating the dead-letter producer")?;
     let sink = Sink {
         consumer: consume::consumer(&config.kafka, &config.group_id, &config.topic)?,
-        decoder: Decoder::new(&config.registry.schema_registry_url)?,
+        decoder,
         writer,
         dlq: DeadLetters::new(producer, dlq_topic),
         readiness,

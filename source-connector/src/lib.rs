@@ -110,12 +110,13 @@ pub async fn run(
     let dues: Vec<_> = config
         .regions
         .iter()
-        .map(|region| match config.once {
-            true => (region, now),
-            false => (
-                region,
-                first_due(last.get(region), config.poll_interval, now),
-            ),
+        .map(|region| {
+            let due = if config.once {
+                now
+            } else {
+                first_due(last.get(region), config.poll_interval, now)
+            };
+            (region, due)
         })
         .collect();
     if dues.iter().any(|(_, due)| *due > now) {
