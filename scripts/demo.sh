@@ -27,10 +27,36 @@ stop_demo() {
     done
 }
 
-start() { # name log command...
-    local name=$1; shift
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# Stops what this run started and says why, with the end of the log of the step that failed.
+fail() { # message [name whose log to show]
+    echo >&2
+    say "FAILED: $1"
+    if [ -n "${2:-}" ] && [ -f "$LOGS/demo-$2.log" ]; then
+        say "last lines of $LOGS/demo-$2.log:"
+        tail -n 15 "$LOGS/demo-$2.log" >&2
+    fi
+    stop_demo
+    say "the stack is left running (make down stops it)"
+    exit 1
+}
+
+alive() { local f="$PIDS/demo-$1.pid"; [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null; }
+
+start() { # name port command...: starts it, then waits until it answers on its port
+    local name=$1 port=$2; shift 2
+    [ -x "$1" ] || fail "$1 was not built" 
+    port_open "$port" && fail "port $port (the $name) is taken by another process: stop it first"
+    : >"$LOGS/demo-$name.log"
     "$@" >>"$LOGS/demo-$name.log" 2>&1 </dev/null &
     echo $! >"$PIDS/demo-$name.pid"
+    local deadline=$((SECONDS + 30))
+    until port_open "$port"; do
+        alive "$name" || fail "the $name exited at start" "$name"
+        [ $SECONDS -lt $deadline ] || fail "the $name did not answer on port $port within 30 s" "$name"
+        sleep 0.2
+    done
 }
 
 metric() { # port metric-name: sum of its samples
@@ -47,11 +73,14 @@ case "${1:-up}" in
     *) echo "usage: scripts/demo.sh up|down" >&2; exit 2 ;;
 esac
 
-scripts/stack.sh up
+scripts/stack.sh up || { say "FAILED: the local stack did not come up (see above)"; exit 1; }
 mkdir -p "$PIDS" "$LOGS"
 stop_demo
-say "building the connectors (first time: a few minutes)"
-cargo build -q -p source-connector -p sink-connector --features source-connector/standin --bins
+say "building the connectors and the API stand-in (first time: a few minutes)"
+# Two invocations: with two -p and a pkg/feature flag cargo leaves out the stand-in (its
+# required feature is not enabled for that selection), and a stale target/ would hide it.
+cargo build -q -p sink-connector --bins || fail "building the sink failed (output above)"
+cargo build -q -p source-connector --features standin --bins || fail "building the source failed (output above)"
 # shellcheck disable=SC1091
 . .stack/test.env
 export DATABASE_URL="$TEST_DATABASE_URL"
@@ -65,11 +94,11 @@ else
     charts=()
     IFS=, read -ra regions <<<"$REGIONS"
     for r in "${regions[@]}"; do charts+=("$r=200"); done
-    start standin target/debug/youtube-standin "$STANDIN_ADDR" "${charts[@]}"
+    start standin "${STANDIN_ADDR##*:}" target/debug/youtube-standin "$STANDIN_ADDR" "${charts[@]}"
     export YOUTUBE_API_BASE_URL="http://$STANDIN_ADDR/youtube/v3" YOUTUBE_API_KEY=sample-data-no-key
 fi
-HTTP_ADDR=127.0.0.1:9102 start sink target/debug/sink-connector
-HTTP_ADDR=127.0.0.1:9101 start source target/debug/source-connector
+HTTP_ADDR=127.0.0.1:9102 start sink 9102 target/debug/sink-connector
+HTTP_ADDR=127.0.0.1:9101 start source 9101 target/debug/source-connector
 say "source on :9101, sink on :9102 (logs: .stack/logs/demo-*.log)"
 
 # Wait until every region was polled and the sink has written every published record.
@@ -84,8 +113,11 @@ while :; do
     if [ "$polls" -ge "$nregions" ] && [ "$published" -gt 0 ] && [ "$written" -ge "$published" ]; then
         echo >&2; break
     fi
+    for name in source sink standin; do
+        [ -f "$PIDS/demo-$name.pid" ] && ! alive "$name" && fail "the $name exited" "$name"
+    done
     if [ $SECONDS -ge $deadline ]; then
-        echo >&2; say "not caught up within 5 minutes; see .stack/logs/demo-*.log"; exit 1
+        fail "not caught up within 5 minutes; see $LOGS/demo-*.log and the readiness of each: curl 127.0.0.1:9101/readyz, curl 127.0.0.1:9102/readyz" source
     fi
     sleep 1
 done

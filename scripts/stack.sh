@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The local stack without Docker: a Kafka-protocol broker (tansu), a Confluent-API schema
-# registry (rivven-schema), PostgreSQL 15 and Prometheus, as local processes on fixed loopback
-# ports. Usage: scripts/stack.sh install|up|down|status|logs
+# The local stack without Docker: Apache Kafka (one KRaft node), Apicurio Registry (Confluent-
+# compatible API), PostgreSQL 15 and Prometheus, as local processes on fixed loopback ports.
+# Usage: scripts/stack.sh install|up|down|status|logs
 #
 #   install  install what is missing (pinned versions), skip what is present
 #   up       install, then start everything not yet running and wait until each answers
@@ -9,9 +9,9 @@
 #   status   say what answers on which port
 #
 # State lives in .stack/ (gitignored): logs in .stack/logs/, pid files in .stack/pids/, data
-# in .stack/data/, the generated PostgreSQL password and test settings in .stack/test.env.
-# Set STACK_BROKER_STORAGE=postgres before `up` for a broker that keeps its data across restarts
-# (database `tansu` in the stack's PostgreSQL; see the README's known differences).
+# in .stack/data/ (Kafka's log, so topics and the registry's schemas survive down/up), the
+# Java components in .stack/kafka and .stack/apicurio-*, the generated PostgreSQL password and
+# the test settings in .stack/test.env.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -19,15 +19,16 @@ STATE="$ROOT/.stack"
 LOGS="$STATE/logs"
 PIDS="$STATE/pids"
 DATA="$STATE/data"
-CARGO_BIN="${CARGO_HOME:-$HOME/.cargo}/bin"
 
-TANSU_VERSION=0.6.0
-RIVVEN_VERSION=0.0.22
+# Pinned versions: Kafka's is in scripts/kafka/pom.xml (the jars come from Maven Central).
+APICURIO_VERSION=3.3.3
+APICURIO_DIR="$STATE/apicurio-$APICURIO_VERSION"
 KAFKA_PORT=${STACK_KAFKA_PORT:-19092}
+KAFKA_CONTROLLER_PORT=${STACK_KAFKA_CONTROLLER_PORT:-19093}
 REGISTRY_PORT=${STACK_REGISTRY_PORT:-18081}
+REGISTRY_MANAGEMENT_PORT=${STACK_REGISTRY_MANAGEMENT_PORT:-18082}
 PG_PORT=5432
 PROMETHEUS_PORT=${STACK_PROMETHEUS_PORT:-19090}
-BROKER_STORAGE=${STACK_BROKER_STORAGE:-memory}
 PG_ROLE=trending
 PG_DB=trending
 
@@ -50,33 +51,53 @@ apt_install() {
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-# Installed at this version with at least these features (cargo records them in .crates2.json).
-installed_with() { # name version features(comma-separated, may be empty)
-    local name=$1 version=$2 features=$3 entry f
-    [ -x "$CARGO_BIN/$name" ] && cargo install --list | grep -q "^$name v$version:" || return 1
-    entry=$(grep -o "\"$name $version [^}]*}" "${CARGO_HOME:-$HOME/.cargo}/.crates2.json" 2>/dev/null) \
-        || return 1
-    for f in ${features//,/ }; do grep -q "\"$f\"" <<<"$entry" || return 1; done
+# The Java that runs Apicurio: its 3.x classes need Java 21 or newer (class file 65), and
+# Debian 12's default is 17. APICURIO_JAVA wins; else the newest JDK under /usr/lib/jvm.
+registry_java() {
+    local j v
+    for j in "${APICURIO_JAVA:-}" /usr/lib/jvm/*/bin/java java; do
+        [ -n "$j" ] && command -v "$j" >/dev/null 2>&1 || continue
+        v=$("$j" -XshowSettings:properties -version 2>&1 | awk -F'= ' '/java.specification.version/ {print $2}')
+        [ "${v%%.*}" -ge 21 ] 2>/dev/null && { echo "$j"; return 0; }
+    done
+    return 1
 }
 
-cargo_install() { # name version features(comma-separated, may be empty)
-    local name=$1 version=$2 features=$3
-    installed_with "$name" "$version" "$features" && return 0
-    log "cargo install $name $version${features:+ (features $features)} (slow the first time: tansu about 25-30 min, rivven-schema about 6 min on 2 cores)"
-    cargo install --locked --version "$version" ${features:+--features "$features"} "$name" \
-        >"$LOGS/install-$name.log" 2>&1 \
-        || die "cargo install $name failed, see $LOGS/install-$name.log"
+install_kafka() {
+    local pom="$ROOT/scripts/kafka/pom.xml" stamp="$STATE/kafka/libs/.pom.sha256"
+    # Resolved again only when the pom (versions) changed.
+    if [ -f "$stamp" ] && [ "$(sha256sum <"$pom")" = "$(cat "$stamp")" ]; then return 0; fi
+    log "resolving Apache Kafka from Maven Central (scripts/kafka/pom.xml, about 55 MB the first time)"
+    rm -rf "$STATE/kafka/libs"
+    mvn -q -B -f "$pom" dependency:copy-dependencies -DincludeScope=runtime \
+        -DoutputDirectory="$STATE/kafka/libs" >"$LOGS/install-kafka.log" 2>&1 \
+        || die "resolving Kafka's jars failed, see $LOGS/install-kafka.log"
+    sha256sum <"$pom" >"$stamp"
+}
+
+install_registry() {
+    [ -f "$APICURIO_DIR/quarkus-run.jar" ] && return 0
+    log "fetching Apicurio Registry $APICURIO_VERSION from Maven Central (about 160 MB the first time)"
+    local dl="$STATE/downloads"
+    mkdir -p "$dl"
+    mvn -q -B dependency:copy -Dartifact="io.apicurio:apicurio-registry-app:$APICURIO_VERSION:tar.gz:all" \
+        -DoutputDirectory="$dl" >"$LOGS/install-apicurio.log" 2>&1 \
+        || die "fetching Apicurio failed, see $LOGS/install-apicurio.log"
+    rm -rf "$APICURIO_DIR.tmp" && mkdir -p "$APICURIO_DIR.tmp"
+    tar -xzf "$dl/apicurio-registry-app-$APICURIO_VERSION-all.tar.gz" -C "$APICURIO_DIR.tmp" \
+        || die "unpacking Apicurio failed"
+    rm -f "$dl/apicurio-registry-app-$APICURIO_VERSION-all.tar.gz"
+    mv "$APICURIO_DIR.tmp" "$APICURIO_DIR"
 }
 
 install() {
     mkdir -p "$LOGS"
-    # Build deps of rdkafka (cmake-build with SSL) and the stack's Debian packages.
+    # Build deps of rdkafka (cmake-build with SSL), the stack's Debian packages, Java and Maven.
     apt_install cmake pkg-config libssl-dev libcurl4-openssl-dev zlib1g-dev curl postgresql-15 prometheus \
-        docker-compose
-    # postgres: the storage that keeps a broker's data across restarts (the fault suite's
-    # broker restart); libsql (SQLite) is kept for STACK_BROKER_STORAGE=sqlite.
-    cargo_install tansu "$TANSU_VERSION" libsql,dynostore,postgres
-    cargo_install rivven-schema "$RIVVEN_VERSION" ""
+        docker-compose maven openjdk-17-jre-headless
+    install_kafka
+    install_registry
+    registry_java >/dev/null || die "Apicurio Registry needs Java 21 or newer and none was found under /usr/lib/jvm: install one, or set APICURIO_JAVA to its java"
 }
 
 # --- processes -------------------------------------------------------------------------------
@@ -111,11 +132,17 @@ start() { # name binary port command...
     echo $! >"$PIDS/$name.pid"
 }
 
-wait_until() { # what seconds command...
-    local what=$1 seconds=$2; shift 2
+# Waits until `command` succeeds; fails at once, with the end of its log, if the process `name`
+# (started by `start`) has exited meanwhile, rather than waiting out the whole time.
+wait_until() { # what seconds name binary command...
+    local what=$1 seconds=$2 name=$3 bin=$4; shift 4
     local deadline=$((SECONDS + seconds))
     until "$@" >/dev/null 2>&1; do
-        [ $SECONDS -lt $deadline ] || die "$what did not answer within ${seconds}s, see $LOGS/"
+        if [ -n "$name" ] && ! our_pid "$name" "$bin" >/dev/null; then
+            tail -n 15 "$LOGS/$name.log" >&2 || true
+            die "$name exited before it answered; its log: $LOGS/$name.log (last lines above)"
+        fi
+        [ $SECONDS -lt $deadline ] || die "$what did not answer within ${seconds}s, see $LOGS/$name.log"
         sleep 0.3
     done
     log "$what answers"
@@ -140,41 +167,36 @@ stop() { # name binary
 
 # --- components ------------------------------------------------------------------------------
 
-start_broker() {
-    # In the environment, not the command line: a postgres:// URL carries the role's password.
-    # tansu logs that URL whole at debug level, so its level is pinned whatever RUST_LOG says.
-    local -x STORAGE_ENGINE RUST_LOG=warn
-    case "$BROKER_STORAGE" in
-        memory) STORAGE_ENGINE="memory://tansu/" ;;
-        # Relative to the working directory, .stack/: the file is .stack/data/tansu.db.
-        sqlite) STORAGE_ENGINE="sqlite://data/tansu.db" ;;
-        postgres) STORAGE_ENGINE=$(tansu_database) ;;
-        *) die "STACK_BROKER_STORAGE must be memory, sqlite or postgres, not $BROKER_STORAGE" ;;
-    esac
-    start tansu "$CARGO_BIN/tansu" "$KAFKA_PORT" "$CARGO_BIN/tansu" broker \
-        --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-        --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT"
-    wait_until "tansu (Kafka API, $BROKER_STORAGE storage) on :$KAFKA_PORT" 60 port_open "$KAFKA_PORT"
-}
+kafka_ready() { grep -q 'Kafka Server started' "$LOGS/kafka.log" && port_open "$KAFKA_PORT"; }
 
-# The database of a broker on PostgreSQL storage, with tansu's tables; prints its URL.
-tansu_database() {
-    # In a command substitution set -e is off: each failure is checked here.
-    as_postgres psql -q -v ON_ERROR_STOP=1 -d postgres >/dev/null <<SQL || die "could not create the database tansu"
-SELECT 'CREATE DATABASE tansu OWNER $PG_ROLE'
- WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'tansu') \gexec
-SQL
-    PGPASSWORD=$(cat "$STATE/pg_password") psql -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" \
-        -U "$PG_ROLE" -d tansu -f "$STATE/tansu-postgres.sql" >/dev/null \
-        || die "could not create tansu's tables in database tansu"
-    echo "postgres://$PG_ROLE:$(cat "$STATE/pg_password")@127.0.0.1:$PG_PORT/tansu?sslmode=disable"
+start_broker() {
+    # The controller port is checked too: a taken one makes the broker exit after a while.
+    if ! our_pid kafka "$DATA/kafka" >/dev/null && port_open "$KAFKA_CONTROLLER_PORT"; then
+        die "port $KAFKA_CONTROLLER_PORT (Kafka's controller) is taken by another process: stop it, or set STACK_KAFKA_CONTROLLER_PORT"
+    fi
+    # A fresh log per start, so that "Kafka Server started" is this start's.
+    our_pid kafka "$DATA/kafka" >/dev/null || : >"$LOGS/kafka.log"
+    start kafka "$DATA/kafka" "$KAFKA_PORT" \
+        "$ROOT/scripts/kafka/broker.sh" "$DATA/kafka" "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT"
+    wait_until "Apache Kafka on :$KAFKA_PORT" 90 kafka "$DATA/kafka" kafka_ready
 }
 
 start_registry() {
-    start rivven-schema "$CARGO_BIN/rivven-schema" "$REGISTRY_PORT" \
-        "$CARGO_BIN/rivven-schema" serve --host 127.0.0.1 --port "$REGISTRY_PORT"
-    wait_until "rivven-schema (schema registry) on :$REGISTRY_PORT" 60 \
-        curl -fsS "http://127.0.0.1:$REGISTRY_PORT/subjects"
+    local java; java=$(registry_java) || die "no Java 21 or newer for Apicurio Registry (see make install)"
+    # kafkasql: the schemas live in a topic of our Kafka (kafkasql-journal), as Confluent's
+    # live in _schemas, so they survive a registry restart. BACKWARD is Confluent's default
+    # compatibility (Apicurio's own is NONE). Ids through the ccompat API are content ids: one
+    # id per distinct schema, shared between subjects, as Confluent's are.
+    start apicurio quarkus-run.jar "$REGISTRY_PORT" \
+        "$java" -Xms64m -Xmx"${APICURIO_HEAP:-384m}" -XX:+UseSerialGC \
+        -Dquarkus.http.host=127.0.0.1 -Dquarkus.http.port="$REGISTRY_PORT" \
+        -Dquarkus.management.host=127.0.0.1 -Dquarkus.management.port="$REGISTRY_MANAGEMENT_PORT" \
+        -Dquarkus.http.access-log.enabled=false \
+        -Dapicurio.storage.kind=kafkasql -Dapicurio.kafkasql.bootstrap.servers="127.0.0.1:$KAFKA_PORT" \
+        -Dapicurio.rules.global.compatibility=BACKWARD \
+        -jar "$APICURIO_DIR/quarkus-run.jar"
+    wait_until "Apicurio Registry (Confluent API at /apis/ccompat/v7) on :$REGISTRY_PORT" 120 \
+        apicurio quarkus-run.jar curl -fsS "http://127.0.0.1:$REGISTRY_PORT/apis/ccompat/v7/subjects"
 }
 
 start_prometheus() {
@@ -185,7 +207,7 @@ start_prometheus() {
         --storage.tsdb.path="$DATA/prometheus" \
         --web.listen-address="127.0.0.1:$PROMETHEUS_PORT" \
         --web.enable-lifecycle
-    wait_until "prometheus on :$PROMETHEUS_PORT" 60 curl -fsS "http://127.0.0.1:$PROMETHEUS_PORT/-/ready"
+    wait_until "prometheus on :$PROMETHEUS_PORT" 60 prometheus /usr/bin/prometheus curl -fsS "http://127.0.0.1:$PROMETHEUS_PORT/-/ready"
 }
 
 pg_running() { pg_lsclusters -h 2>/dev/null | awk '$1=="15" && $2=="main" {print $4}' | grep -q online; }
@@ -198,7 +220,7 @@ start_postgres() {
     else
         log "PostgreSQL 15 already running"
     fi
-    wait_until "PostgreSQL on :$PG_PORT" 60 pg_isready -q -h 127.0.0.1 -p "$PG_PORT"
+    wait_until "PostgreSQL on :$PG_PORT" 60 "" "" pg_isready -q -h 127.0.0.1 -p "$PG_PORT"
 
     # The project's role gets a password generated on this machine, never stored in the repo.
     local pwfile="$STATE/pg_password"
@@ -220,17 +242,13 @@ SQL
         "SELECT datname FROM pg_database WHERE datname LIKE 'test\_%'" | while read -r db; do
         as_postgres psql -q -d postgres -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null
     done
-    # Tests that start a broker of their own on PostgreSQL storage create its tables from this.
-    "$ROOT/scripts/tansu-pg-schema.sh" "$TANSU_VERSION" >"$STATE/tansu-postgres.sql" \
-        || die "could not derive tansu's PostgreSQL schema"
     local url="postgres://$PG_ROLE:$pw@127.0.0.1:$PG_PORT/$PG_DB?sslmode=disable"
     (umask 077; cat >"$STATE/test.env" <<ENV
 # Written by scripts/stack.sh up. Secrets: this file is private to this machine.
 TEST_KAFKA_BOOTSTRAP=127.0.0.1:$KAFKA_PORT
-TEST_SCHEMA_REGISTRY_URL=http://127.0.0.1:$REGISTRY_PORT
+TEST_SCHEMA_REGISTRY_URL=http://127.0.0.1:$REGISTRY_PORT/apis/ccompat/v7
 TEST_DATABASE_URL=$url
 TEST_PROMETHEUS_URL=http://127.0.0.1:$PROMETHEUS_PORT
-TEST_TANSU_PG_SCHEMA=$STATE/tansu-postgres.sql
 ENV
     )
 }
@@ -257,15 +275,15 @@ up() {
 down() {
     mkdir -p "$PIDS"
     stop prometheus /usr/bin/prometheus
-    stop rivven-schema "$CARGO_BIN/rivven-schema"
-    stop tansu "$CARGO_BIN/tansu"
+    stop apicurio quarkus-run.jar
+    stop kafka "$DATA/kafka"
     stop_postgres
     log "stopped"
 }
 
 status() {
     local line
-    for line in "tansu:$KAFKA_PORT:Kafka API" "rivven-schema:$REGISTRY_PORT:schema registry" \
+    for line in "kafka:$KAFKA_PORT:Apache Kafka" "apicurio:$REGISTRY_PORT:schema registry, /apis/ccompat/v7" \
                 "postgres:$PG_PORT:PostgreSQL" "prometheus:$PROMETHEUS_PORT:Prometheus"; do
         IFS=: read -r name port what <<<"$line"
         if port_open "$port"; then
@@ -282,5 +300,5 @@ case "${1:-}" in
     down) down ;;
     status) status ;;
     logs) ls -l "$LOGS" ;;
-    *) sed -n '2,14p' "$0"; exit 2 ;;
+    *) sed -n '2,9p' "$0"; exit 2 ;;
 esac

@@ -13,11 +13,12 @@ pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 /// Where the Confluent-API schema registry is.
 #[derive(Debug, Clone, Args)]
 pub struct RegistryArgs {
-    /// Schema registry base URL (Confluent REST API).
+    /// Schema registry base URL (Confluent REST API). The default is the local stack's
+    /// Apicurio Registry, whose Confluent-compatible API sits under `/apis/ccompat/v7`.
     #[arg(
         long,
         env = "SCHEMA_REGISTRY_URL",
-        default_value = "http://127.0.0.1:18081"
+        default_value = "http://127.0.0.1:18081/apis/ccompat/v7"
     )]
     pub schema_registry_url: String,
 }

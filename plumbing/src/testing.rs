@@ -6,9 +6,8 @@
 //! | variable | default |
 //! | --- | --- |
 //! | `TEST_KAFKA_BOOTSTRAP` | `127.0.0.1:19092` |
-//! | `TEST_SCHEMA_REGISTRY_URL` | `http://127.0.0.1:18081` |
+//! | `TEST_SCHEMA_REGISTRY_URL` | `http://127.0.0.1:18081/apis/ccompat/v7` |
 //! | `TEST_DATABASE_URL` | read from `.stack/test.env`, written by `scripts/stack.sh up` |
-//! | `TEST_TANSU_PG_SCHEMA` | likewise (`.stack/tansu-postgres.sql`) |
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -69,7 +68,10 @@ impl Stack {
     pub fn from_env() -> anyhow::Result<Self> {
         Ok(Stack {
             kafka_bootstrap: setting("TEST_KAFKA_BOOTSTRAP", Some("127.0.0.1:19092"))?,
-            registry_url: setting("TEST_SCHEMA_REGISTRY_URL", Some("http://127.0.0.1:18081"))?,
+            registry_url: setting(
+                "TEST_SCHEMA_REGISTRY_URL",
+                Some("http://127.0.0.1:18081/apis/ccompat/v7"),
+            )?,
             database_url: setting("TEST_DATABASE_URL", None)?,
         })
     }
@@ -105,23 +107,6 @@ impl Stack {
             configs,
         };
         ensure_topics(&self.kafka_config(&[]), &[spec]).await
-    }
-
-    /// A fresh database holding the tables of tansu's PostgreSQL storage engine, for a test's
-    /// own broker (`postgres://` storage keeps its data across broker restarts). Its URL carries
-    /// the password: give it to tansu in `STORAGE_ENGINE`, not on the command line.
-    pub async fn create_broker_database(&self) -> anyhow::Result<TestDatabase> {
-        let path = setting("TEST_TANSU_PG_SCHEMA", None)?;
-        let schema = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading tansu's schema {path} (run `make up` again)"))?;
-        let db = self.create_database().await?;
-        let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls).await?;
-        tokio::spawn(conn);
-        client
-            .batch_execute(&schema)
-            .await
-            .with_context(|| format!("creating tansu's tables from {path}"))?;
-        Ok(db)
     }
 
     /// Creates an empty database with a unique name, owned by the stack's role.

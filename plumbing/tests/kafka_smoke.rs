@@ -1,4 +1,4 @@
-//! Smoke tests of the Kafka-protocol broker of the local stack (tansu) through rdkafka: the
+//! Smoke tests of the local stack's Apache Kafka broker through rdkafka: the
 //! behaviours both connectors and the replay tool rely on. Each test uses its own topic and group.
 
 use std::collections::HashSet;
@@ -164,11 +164,8 @@ async fn two_members_split_the_partitions_and_one_takes_all_when_the_other_leave
 }
 
 /// `offsets_for_times` as Apache Kafka answers it: the earliest offset whose timestamp is at or
-/// after the one asked. tansu 0.6.0 answers offset 0 whatever the timestamp (README, "Local
-/// stack: known differences"), so the replay tool finds offsets by date itself; this test stays
-/// to notice the day the broker implements it.
+/// after the one asked (what `reset-offsets --to-datetime` relies on).
 #[tokio::test]
-#[ignore = "tansu 0.6.0 answers ListOffsets by timestamp with offset 0; see README known differences"]
 async fn offsets_for_times_finds_the_first_record_at_or_after_a_time() {
     let stack = Stack::from_env().unwrap();
     let topic = stack.create_topic(2).await.unwrap();
@@ -249,7 +246,6 @@ async fn offsets_can_be_committed_for_a_group_without_members() {
 /// a record batch must get the rest of that batch: this is how a sink that committed after
 /// record 20 of a 50-record producer batch goes on.
 #[tokio::test]
-#[ignore = "tansu 0.6.0 skips the rest of a batch fetched from its middle; see README known differences"]
 async fn fetching_from_the_middle_of_a_record_batch_returns_the_rest_of_it() {
     let stack = Stack::from_env().unwrap();
     let topic = stack.create_topic(1).await.unwrap();

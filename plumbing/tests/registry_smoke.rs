@@ -1,4 +1,4 @@
-//! Smoke tests of the schema registry of the local stack (rivven-schema) through
+//! Smoke tests of the local stack's schema registry (Apicurio, Confluent API) through
 //! schema_registry_converter: register, encode in the Confluent wire format, decode by id, and
 //! refuse an incompatible schema.
 
@@ -124,12 +124,9 @@ async fn a_compatible_schema_change_is_accepted() {
     assert_ne!(first.id, second.id);
 }
 
-/// The same for the TrendingVideo schema itself. rivven-schema 0.0.22 compares logical types
-/// wrongly and refuses any new version of a schema holding a `timestamp-millis` field ("writer=
-/// TimestampMillis, reader=TimestampMillis"); Confluent Schema Registry accepts it. Kept to notice
-/// the day the registry is fixed (README, "Local stack: known differences").
+/// The same for the TrendingVideo schema itself, whose `timestamp-millis` fields must not make
+/// a compatible change look incompatible.
 #[tokio::test]
-#[ignore = "rivven-schema 0.0.22 refuses compatible changes of schemas with timestamp-millis"]
 async fn a_compatible_change_of_the_trending_schema_is_accepted() {
     let stack = Stack::from_env().unwrap();
     let subject = format!("{}-value", unique("test-"));

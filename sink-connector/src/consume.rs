@@ -59,11 +59,6 @@ pub type SinkConsumer = StreamConsumer<SinkContext>;
 pub const FETCH_SETTINGS: &[(&str, &str)] = &[
     // Bounds what librdkafka prefetches per partition while the sink is busy or paused.
     ("queued.max.messages.kbytes", "16384"),
-    // Kafka answers a fetch as soon as it has data; tansu 0.6 holds every fetch for this long,
-    // which capped a drain at about 40,000 records/s with librdkafka's default of 500 ms. When
-    // idle, it costs 20 small fetch requests per second.
-    ("fetch.wait.max.ms", "50"),
-    ("fetch.queue.backoff.ms", "20"),
 ];
 
 pub fn consumer(kafka: &KafkaArgs, group: &str, topic: &str) -> anyhow::Result<SinkConsumer> {

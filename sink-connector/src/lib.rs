@@ -111,9 +111,6 @@ pub async fn run(
     let producer = RenewableProducer::new(config.kafka.client_config(&[
         ("enable.idempotence", "true"),
         ("acks", "all"),
-        // Poison records are rare; one per batch keeps them readable on tansu, which skips
-        // the rest of a batch fetched from its middle.
-        ("batch.num.messages", "1"),
     ])?)
     .context("creating the dead-letter producer")?;
     let sink = Sink {

@@ -36,7 +36,6 @@ async fn every_kind_of_bad_input_is_dead_lettered_and_the_records_around_it_are_
         .kafka_config(&[
             ("enable.idempotence", "true"),
             ("acks", "all"),
-            ("batch.num.messages", "1"),
             ("message.max.bytes", "4000000"),
         ])
         .create()

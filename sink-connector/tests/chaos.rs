@@ -154,14 +154,10 @@ async fn a_sink_killed_at_random_and_postgres_restarted_loses_nothing_and_adds_n
     let group = unique("chaos-");
     let db = stack.create_database().await.unwrap();
     let mut charts = Charts {
-        // As the source produces: one record per batch (README, known differences: tansu skips
-        // the rest of a batch fetched from its middle).
+        // Batched, as the source produces: a sink killed after committing part of a batch
+        // resumes in its middle.
         producer: stack
-            .kafka_config(&[
-                ("enable.idempotence", "true"),
-                ("acks", "all"),
-                ("batch.num.messages", "1"),
-            ])
+            .kafka_config(&[("enable.idempotence", "true"), ("acks", "all")])
             .create()
             .unwrap(),
         topic: topic.clone(),
@@ -184,9 +180,9 @@ async fn a_sink_killed_at_random_and_postgres_restarted_loses_nothing_and_adds_n
         more
     });
 
-    // A short session, and a pause after each kill until it expired: tansu keeps a dead member
-    // in the group until then, and a sink that joined meanwhile may be left with fewer
-    // partitions for good (README, known differences).
+    // A short session, and a pause after each kill until it expired: a member killed without
+    // leaving stays in the group until then, and the rebalance the next sink starts would wait
+    // for it.
     let session = [(
         "KAFKA_PROPERTIES",
         "session.timeout.ms=3000,heartbeat.interval.ms=500",

@@ -73,12 +73,8 @@ impl Publisher {
             ("enable.idempotence", "true"),
             ("acks", "all"),
             ("compression.type", "lz4"),
+            // A poll's records leave in a few batches rather than one request each.
             ("linger.ms", "20"),
-            // One record per batch. tansu 0.6 (the local stack's broker) skips the rest of a
-            // batch when a consumer fetches from its middle, as a sink does after
-            // committing part of it: batches would lose records there. At a few thousand
-            // records per poll, single-record batches cost nothing on Kafka either.
-            ("batch.num.messages", "1"),
             ("message.timeout.ms", &timeout_ms),
         ])?;
         RenewableProducer::new(config)

@@ -49,16 +49,12 @@ fn load_blocking(kafka: &KafkaArgs, topic: &str) -> anyhow::Result<HashMap<Strin
     consumer.assign(&tpl)?;
     drop(tpl);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let mut reached_high = false;
     loop {
         anyhow::ensure!(
             std::time::Instant::now() < deadline,
             "reading the state topic `{topic}` did not reach its end ({high}) within 60s"
         );
         let Some(message) = consumer.poll(Duration::from_millis(500)) else {
-            if reached_high {
-                return Ok(state);
-            }
             continue;
         };
         let message = message.with_context(|| format!("reading the state topic `{topic}`"))?;
@@ -71,10 +67,10 @@ fn load_blocking(kafka: &KafkaArgs, topic: &str) -> anyhow::Result<HashMap<Strin
                     "Ignoring an unreadable record of the state topic"),
             }
         }
-        // tansu reports the high watermark as the last batch's base offset + 1, so reaching
-        // it is not the end: keep reading until the partition is quiet as well.
+        // The high watermark read above is the end: compaction keeps the newest record of
+        // each key, so the record just before it is never removed.
         if message.offset() + 1 >= high {
-            reached_high = true;
+            return Ok(state);
         }
     }
 }

@@ -104,15 +104,10 @@ pub fn at(s: i64) -> DateTime<Utc> {
     Utc.timestamp_opt(s, 0).unwrap()
 }
 
-/// A producer whose every record is its own batch: tansu's high watermark is only right for
-/// single-record batches (README, known differences), and the tests compare against it.
+/// An idempotent producer that waits for every replica, as the source's.
 pub fn producer(stack: &Stack) -> FutureProducer {
     stack
-        .kafka_config(&[
-            ("enable.idempotence", "true"),
-            ("acks", "all"),
-            ("batch.num.messages", "1"),
-        ])
+        .kafka_config(&[("enable.idempotence", "true"), ("acks", "all")])
         .create()
         .unwrap()
 }
