@@ -4,7 +4,7 @@
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
-install: ## install the stack's components if missing (tansu, rivven-schema, prometheus, build deps)
+install: ## install the stack's components if missing (Kafka and Apicurio from Maven Central, PostgreSQL, Prometheus, build deps)
 	scripts/stack.sh install
 
 up: ## install if needed, start broker, registry, PostgreSQL and Prometheus, wait until they answer

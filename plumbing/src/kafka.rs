@@ -128,11 +128,11 @@ fn is_secret(key: &str) -> bool {
 
 /// A producer replaced by a fresh one after a failed send, shared by the connectors' producers.
 ///
-/// An idempotent producer whose sends failed or timed out can be unusable for good: fenced or
-/// fatally out of sequence after a broker outage, or carrying an epoch librdkafka bumped on its
-/// own after timeouts, which a broker without KIP-360 (tansu 0.6) refuses on every later
-/// request. Only a new producer (a new producer id) publishes again. Dropping the old one, once
-/// no other send still holds it, purges what it still queued.
+/// An idempotent producer whose sends failed or timed out can be unusable for good: librdkafka
+/// raises a fatal error (fenced, or out of sequence after a broker outage) after which every
+/// send fails. Only a new producer (a new producer id) publishes again. Dropping the old one,
+/// once no other send still holds it, purges what it still queued, so a failed poll's records
+/// not yet sent stop there.
 pub struct RenewableProducer {
     config: ClientConfig,
     current: std::sync::Mutex<FutureProducer>,
@@ -200,7 +200,7 @@ pub struct TopicSpec<'a> {
 }
 
 /// Creates each topic that does not exist yet; existing topics are left as they are. Brokers
-/// that do not auto-create topics on produce (tansu, and well-run production clusters) need this.
+/// that do not auto-create topics on produce (well-run production clusters) need this.
 pub async fn ensure_topics(config: &ClientConfig, topics: &[TopicSpec<'_>]) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> =
         config.create().context("creating the Kafka admin client")?;

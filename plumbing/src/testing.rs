@@ -171,6 +171,8 @@ pub fn metric_sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<
 pub struct Outage {
     /// `host:port` to give the client instead of the service's.
     pub addr: String,
+    /// The target URL's path (`/apis/ccompat/v7` for the stack's registry), kept in [`Outage::url`].
+    path: String,
     mode: std::sync::Arc<std::sync::atomic::AtomicU8>,
     connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
 }
@@ -180,14 +182,16 @@ const DOWN: u8 = 1;
 const FAILING: u8 = 2;
 
 impl Outage {
-    /// Starts forwarding to `target` (`host:port`, or a URL whose host and port are used).
+    /// Starts forwarding to `target` (`host:port`, or a URL whose host and port are used and
+    /// whose path [`Outage::url`] keeps).
     pub async fn start(target: &str) -> Outage {
         use std::sync::atomic::Ordering;
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let target = target
-            .trim_start_matches("http://")
-            .trim_end_matches('/')
-            .to_string();
+        let target = target.trim_start_matches("http://").trim_end_matches('/');
+        let (target, path) = match target.find('/') {
+            Some(i) => (target[..i].to_string(), target[i..].to_string()),
+            None => (target.to_string(), String::new()),
+        };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind the outage proxy");
@@ -227,14 +231,15 @@ impl Outage {
         });
         Outage {
             addr,
+            path,
             mode,
             connections,
         }
     }
 
-    /// `http://` + [`Outage::addr`].
+    /// `http://` + [`Outage::addr`] + the target's path: the URL to give the client.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("http://{}{}", self.addr, self.path)
     }
 
     pub fn set_down(&self, down: bool) {

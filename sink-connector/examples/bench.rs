@@ -15,8 +15,7 @@
 //!    the API stand-in, from start to the last record published.
 //!
 //! Settings: `BENCH_RECORDS` (1,000,000), `BENCH_BATCH` (5000), `BENCH_LATENCY_RATE` (records/s,
-//! 2000), `BENCH_LATENCY_SECS` (60). End offsets come from the producer's delivery reports, not
-//! from watermarks (tansu's are wrong for batched producers).
+//! 2000), `BENCH_LATENCY_SECS` (60). End offsets come from the producer's delivery reports.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -189,25 +188,20 @@ async fn raw_limit(stack: &Stack, data: &[TrendingVideo], batch: usize) -> anyho
     Ok(data.len() as f64 / started.elapsed().as_secs_f64())
 }
 
-/// Produces `data` to a new 6-partition topic; returns it and its end offset per partition.
-/// `batched`: as a Kafka producer writes (`linger.ms` 20); otherwise one record per batch, as
-/// the source writes (README, known differences: tansu skips the rest of a batch fetched from
-/// its middle, and reads single-record batches far slower).
+/// Produces `data` to a new 6-partition topic, batched as the source's producer writes
+/// (`linger.ms` 20); returns the topic and its end offset per partition.
 async fn produce(
     stack: &Stack,
     data: &[TrendingVideo],
-    batched: bool,
 ) -> anyhow::Result<(String, HashMap<i32, i64>)> {
     let topic = unique("bench-");
     stack.create_named_topic(&topic, 6, HashMap::new()).await?;
     let id = register(stack, &topic).await?;
-    let batch_records = if batched { "10000" } else { "1" };
     let producer: FutureProducer = stack
         .kafka_config(&[
             ("acks", "all"),
             ("enable.idempotence", "true"),
             ("linger.ms", "20"),
-            ("batch.num.messages", batch_records),
         ])
         .create()?;
     let mut ends: HashMap<i32, i64> = HashMap::new();
@@ -560,8 +554,7 @@ async fn main() -> anyhow::Result<()> {
 
     let raw_rps = raw_limit(&stack, &data, batch).await?;
     eprintln!("bench: raw limit {raw_rps:.0} rows/s");
-    let (topic, ends) = produce(&stack, &data, true).await?;
-    let (single_topic, single_ends) = produce(&stack, &data, false).await?;
+    let (topic, ends) = produce(&stack, &data).await?;
     let snapshots = data
         .iter()
         .map(|v| (&v.region_code, v.fetched_at, &v.video_id))
@@ -571,8 +564,6 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("bench: produced {n} records to {topic}");
     let read_rps = broker_read_limit(&stack, &topic, n).await?;
     eprintln!("bench: broker read limit {read_rps:.0} records/s");
-    let single_read_rps = broker_read_limit(&stack, &single_topic, n).await?;
-    eprintln!("bench: broker read limit, one record per batch: {single_read_rps:.0} records/s");
 
     let main = drain(&stack, &topic, &ends, snapshots, batch, 1).await?;
     let mut scaling = Vec::new();
@@ -580,7 +571,6 @@ async fn main() -> anyhow::Result<()> {
         scaling.push(drain(&stack, &topic, &ends, snapshots, b.max(1), 1).await?);
     }
     scaling.push(drain(&stack, &topic, &ends, snapshots, batch, 2).await?);
-    let single = drain(&stack, &single_topic, &single_ends, snapshots, batch, 1).await?;
     let lat = latency(&stack, rate, latency_secs).await?;
     let src = source_poll(&stack).await?;
     let ratio = main.rows_per_sec / raw_rps;
@@ -590,10 +580,6 @@ async fn main() -> anyhow::Result<()> {
     println!("| records | {n} |");
     println!("| raw limit (rows/s) | {raw_rps:.0} |");
     println!("| broker read limit (records/s) | {read_rps:.0} |");
-    println!(
-        "| one record per batch (as the source writes): broker read limit; sink drain (records/s) | {single_read_rps:.0}; {:.0} |",
-        single.rows_per_sec
-    );
     println!(
         "| sink drain, batch {batch} (rows/s) | {:.0} |",
         main.rows_per_sec
@@ -629,8 +615,6 @@ async fn main() -> anyhow::Result<()> {
         "records": n, "batch": batch,
         "raw_rows_per_sec": raw_rps,
         "broker_read_records_per_sec": read_rps,
-        "single_record_batches_broker_read_records_per_sec": single_read_rps,
-        "single_record_batches_sink_rows_per_sec": single.rows_per_sec,
         "sink_rows_per_sec": main.rows_per_sec,
         "sink_to_raw_ratio": ratio,
         "sink_peak_rss_bytes": main.usage.max_rss(),

@@ -35,7 +35,29 @@ pub enum DecodeError {
     RegistryUnavailable(String),
 }
 
+/// The most of an error's text that leaves the sink (a dead letter's header, a log line):
+/// errors can quote their input (a key, a value apache-avro prints), and a record of almost a
+/// megabyte must not become a dead letter the broker refuses or a log line of that size.
+pub const MAX_ERROR_TEXT: usize = 2048;
+
+/// `text`, cut to at most `max` bytes on a character boundary and marked as cut.
+pub fn excerpt(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return text.into();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... [cut: {} more bytes]", &text[..end], text.len() - end).into()
+}
+
 impl DecodeError {
+    /// The error's text, bounded by [`MAX_ERROR_TEXT`]: what dead letters and logs carry.
+    pub fn message(&self) -> String {
+        excerpt(&self.to_string(), MAX_ERROR_TEXT).into_owned()
+    }
+
     pub fn is_retriable(&self) -> bool {
         matches!(self, DecodeError::RegistryUnavailable(_))
     }
@@ -154,9 +176,10 @@ impl Decoder {
         let key = key.ok_or(DecodeError::MissingKey)?;
         let key = std::str::from_utf8(key).map_err(|_| DecodeError::KeyNotUtf8)?;
         if key != video.video_id {
+            // Video ids are 11 characters: the start of a wrong key says enough.
             return Err(DecodeError::KeyMismatch {
-                key: key.to_string(),
-                video_id: video.video_id,
+                key: excerpt(key, 64).into_owned(),
+                video_id: excerpt(&video.video_id, 64).into_owned(),
             });
         }
         Ok(video)
@@ -222,6 +245,24 @@ impl std::io::Read for Body<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_text_is_cut_on_a_character_boundary_and_says_so() {
+        assert_eq!(excerpt("short", 10), "short");
+        let cut = excerpt("ééééé", 5); // 10 bytes; byte 5 is inside the third é
+        assert_eq!(cut, "éé... [cut: 6 more bytes]");
+        let key = "k".repeat(900_000);
+        let e = DecodeError::KeyMismatch {
+            key: key.clone(),
+            video_id: "abc".into(),
+        };
+        assert!(
+            e.message().len() < MAX_ERROR_TEXT + 64,
+            "{}",
+            e.message().len()
+        );
+        assert!(e.message().ends_with("more bytes]"));
+    }
 
     fn answer(status: &str) -> SRCError {
         SRCError::non_retryable_with_cause(

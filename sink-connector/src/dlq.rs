@@ -11,6 +11,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::Message;
 
 use crate::decode::DecodeError;
+use crate::events::DeadLetterTrimmed;
 
 pub struct DeadLetters {
     /// Replaced after a failed send, so the batch's retry starts on a clean producer.
@@ -28,9 +29,10 @@ impl DeadLetters {
     }
 
     /// Produces every poison record and waits until the broker has acknowledged all of them.
-    /// A record too large for the dead-letter topic (its headers make it bigger than the
-    /// original) is produced again without its value, with a header saying so: it stays
-    /// readable at its original offset while the topic's retention keeps it.
+    /// A dead letter too large for the topic is produced again without the original's value,
+    /// then without its key too, with a header saying so: no record can stall the sink, and
+    /// the original stays readable at the offset the headers name while the source topic's
+    /// retention keeps it.
     pub async fn send(
         &self,
         poison: &[(&OwnedMessage, &DecodeError)],
@@ -45,31 +47,46 @@ impl DeadLetters {
         producer: &FutureProducer,
         poison: &[(&OwnedMessage, &DecodeError)],
     ) -> Result<(), rdkafka::error::KafkaError> {
-        let results = futures::future::join_all(
-            poison
-                .iter()
-                .map(|(m, e)| self.send_one(producer, m, e, true)),
-        )
-        .await;
-        let mut dropped = Vec::new();
-        for (result, (m, e)) in results.into_iter().zip(poison) {
-            match result {
-                Ok(()) => {}
-                Err(err)
-                    if err.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge) =>
-                {
-                    tracing::warn!(topic = m.topic(), partition = m.partition(), offset = m.offset(),
-                        bytes = m.payload().map_or(0, <[u8]>::len),
-                        "Poison record too large for the dead-letter topic: dead-lettered without its value");
-                    dropped.push(self.send_one(producer, m, e, false));
-                }
-                Err(err) => return Err(err),
-            }
-        }
-        for result in futures::future::join_all(dropped).await {
+        let sends = poison
+            .iter()
+            .map(|(m, e)| self.send_fitting(producer, m, e));
+        for result in futures::future::join_all(sends).await {
             result?;
         }
         Ok(())
+    }
+
+    /// Sends the most of `m` the topic accepts: whole, then without value, then without key.
+    async fn send_fitting(
+        &self,
+        producer: &FutureProducer,
+        m: &OwnedMessage,
+        error: &DecodeError,
+    ) -> Result<(), rdkafka::error::KafkaError> {
+        let mut copy = Copied::Whole;
+        loop {
+            match self.send_one(producer, m, error, copy).await {
+                Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge) => {
+                    copy = match copy {
+                        Copied::Whole if m.payload().is_some() => Copied::WithoutValue,
+                        Copied::Whole | Copied::WithoutValue if m.key().is_some() => {
+                            Copied::WithoutKeyOrValue
+                        }
+                        // Only the headers are left, and they are bounded: not a size issue.
+                        _ => return Err(e),
+                    };
+                    DeadLetterTrimmed {
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        key_bytes: m.key().map_or(0, <[u8]>::len),
+                        value_bytes: m.payload().map_or(0, <[u8]>::len),
+                        dropped: copy.dropped(),
+                    }
+                    .emit();
+                }
+                other => return other,
+            }
+        }
     }
 
     async fn send_one(
@@ -77,11 +94,11 @@ impl DeadLetters {
         producer: &FutureProducer,
         m: &OwnedMessage,
         error: &DecodeError,
-        with_value: bool,
+        copy: Copied,
     ) -> Result<(), rdkafka::error::KafkaError> {
         let partition = m.partition().to_string();
         let offset = m.offset().to_string();
-        let message = error.to_string();
+        let message = error.message();
         let class = format!("sink_connector::decode::DecodeError::{}", error.reason());
         let mut headers = OwnedHeaders::new()
             .insert(h("__connect.errors.topic", m.topic()))
@@ -100,18 +117,21 @@ impl DeadLetters {
             .insert(h("__connect.errors.exception.class.name", &class))
             .insert(h("__connect.errors.exception.message", &message));
         let mut record = FutureRecord::<[u8], [u8]>::to(&self.topic);
-        if let Some(k) = m.key() {
-            record = record.key(k);
+        let too_large = |what: &str, bytes: usize| {
+            format!(
+                "the {bytes}-byte {what} is too large for the dead-letter topic; read it at the \
+                 original offset"
+            )
+        };
+        match m.key() {
+            Some(k) if copy != Copied::WithoutKeyOrValue => record = record.key(k),
+            Some(k) => headers = headers.insert(h(KEY_DROPPED_HEADER, &too_large("key", k.len()))),
+            None => {}
         }
         match m.payload() {
-            Some(v) if with_value => record = record.payload(v),
+            Some(v) if copy == Copied::Whole => record = record.payload(v),
             Some(v) => {
-                let why = format!(
-                    "the {}-byte value is too large for the dead-letter topic; read it at the \
-                     original offset",
-                    v.len()
-                );
-                headers = headers.insert(h(VALUE_DROPPED_HEADER, &why));
+                headers = headers.insert(h(VALUE_DROPPED_HEADER, &too_large("value", v.len())))
             }
             None => {}
         }
@@ -123,8 +143,28 @@ impl DeadLetters {
     }
 }
 
+/// How much of the original record a dead letter carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Copied {
+    Whole,
+    WithoutValue,
+    WithoutKeyOrValue,
+}
+
+impl Copied {
+    fn dropped(self) -> &'static str {
+        match self {
+            Copied::Whole => "nothing",
+            Copied::WithoutValue => "value",
+            Copied::WithoutKeyOrValue => "key_and_value",
+        }
+    }
+}
+
 /// Header of a dead-letter record whose value could not be copied.
 pub const VALUE_DROPPED_HEADER: &str = "youtube_trending.dlq.value_dropped";
+/// Header of a dead-letter record whose key could not be copied either.
+pub const KEY_DROPPED_HEADER: &str = "youtube_trending.dlq.key_dropped";
 
 fn h<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a str> {
     Header {

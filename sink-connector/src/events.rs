@@ -68,6 +68,30 @@ impl RecordsDeadLettered<'_> {
     }
 }
 
+/// A dead letter too large for its topic, produced again with less of the original record.
+pub struct DeadLetterTrimmed {
+    pub partition: i32,
+    pub offset: i64,
+    pub key_bytes: usize,
+    pub value_bytes: usize,
+    /// `value` or `key_and_value`.
+    pub dropped: &'static str,
+}
+
+impl DeadLetterTrimmed {
+    pub fn emit(&self) {
+        tracing::warn!(
+            partition = self.partition,
+            offset = self.offset,
+            key_bytes = self.key_bytes,
+            value_bytes = self.value_bytes,
+            dropped = self.dropped,
+            "Dead letter too large for its topic: sending it without part of the original"
+        );
+        counter!("sink_dead_letters_trimmed_total", "dropped" => self.dropped).increment(1);
+    }
+}
+
 /// A dependency failed; the batch is retried after `delay`, nothing committed meanwhile.
 pub struct DependencyRetrying<'a> {
     /// `postgres`, `kafka` or `schema_registry`.

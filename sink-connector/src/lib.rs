@@ -108,10 +108,11 @@ pub async fn run(
         readiness.set_ready(check);
     }
 
-    let producer = RenewableProducer::new(config.kafka.client_config(&[
-        ("enable.idempotence", "true"),
-        ("acks", "all"),
-    ])?)
+    let producer = RenewableProducer::new(
+        config
+            .kafka
+            .client_config(&[("enable.idempotence", "true"), ("acks", "all")])?,
+    )
     .context("creating the dead-letter producer")?;
     let sink = Sink {
         consumer: consume::consumer(&config.kafka, &config.group_id, &config.topic)?,
@@ -236,11 +237,12 @@ impl Sink {
         if let (ErrorsTolerance::None, Some((i, e))) = (self.tolerance, poison.first()) {
             let m = &batch[*i];
             bail!(
-                "poison record at {}[{}] offset {}: {e}. SINK_ERRORS_TOLERANCE=none: stopping \
+                "poison record at {}[{}] offset {}: {}. SINK_ERRORS_TOLERANCE=none: stopping \
                  without committing past it (set it to `all` to dead-letter such records)",
                 m.topic(),
                 m.partition(),
-                m.offset()
+                m.offset(),
+                e.message()
             );
         }
         Ok(Prepared {
@@ -285,7 +287,7 @@ impl Sink {
             RecordsDeadLettered {
                 topic: self.dlq.topic(),
                 by_reason,
-                first_error: poison[0].1.to_string(),
+                first_error: poison[0].1.message(),
             }
             .emit();
         }

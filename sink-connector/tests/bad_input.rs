@@ -17,7 +17,13 @@ use rdkafka::Message;
 #[tokio::test]
 async fn every_kind_of_bad_input_is_dead_lettered_and_the_records_around_it_are_written() {
     let stack = Stack::from_env().unwrap();
-    let topic = stack.create_topic(1).await.unwrap();
+    // Room for the 1.5 MB case: Kafka refuses records over 1 MB by default (the sink's
+    // dead-letter topic keeps that default, so the case is dead-lettered without its value).
+    let topic = unique("test-");
+    stack
+        .create_named_topic(&topic, 1, HashMap::from([("max.message.bytes", "4000000")]))
+        .await
+        .unwrap();
     let group = unique("sink-");
     let db = stack.create_database().await.unwrap();
     let id = register(&stack, &format!("{topic}-value"), schemas::schema()).await;
@@ -87,9 +93,10 @@ async fn every_kind_of_bad_input_is_dead_lettered_and_the_records_around_it_are_
         let case = &cases[i];
         seen[i] += 1;
         let reason = header(m, "__connect.errors.exception.class.name");
-        let (expected, with_value) = match &case.expect {
-            Expect::Dlq(r) => (*r, true),
-            Expect::DlqWithoutValue(r) => (*r, false),
+        let (expected, with_value, with_key) = match &case.expect {
+            Expect::Dlq(r) => (*r, true, true),
+            Expect::DlqWithoutValue(r) => (*r, false, true),
+            Expect::DlqWithoutKeyOrValue(r) => (*r, false, false),
             Expect::Written { .. } => panic!("`{}` was dead-lettered ({reason})", case.name),
         };
         assert!(
@@ -101,13 +108,25 @@ async fn every_kind_of_bad_input_is_dead_lettered_and_the_records_around_it_are_
         assert_eq!(header(m, "__connect.errors.topic"), topic);
         assert_eq!(header(m, "__connect.errors.partition"), "0");
         assert_eq!(header(m, "__connect.errors.stage"), "VALUE_CONVERTER");
-        let (key, value) = &case.records[0];
-        assert_eq!(
-            m.key(),
-            key.as_deref(),
-            "`{}`: original key kept",
-            case.name
+        let message = header(m, "__connect.errors.exception.message");
+        assert!(
+            message.len() <= sink_connector::decode::MAX_ERROR_TEXT + 64,
+            "`{}`: an error text of {} bytes",
+            case.name,
+            message.len()
         );
+        let (key, value) = &case.records[0];
+        if with_key {
+            assert_eq!(
+                m.key(),
+                key.as_deref(),
+                "`{}`: original key kept",
+                case.name
+            );
+        } else {
+            assert_eq!(m.key(), None, "`{}`", case.name);
+            assert!(header(m, sink_connector::dlq::KEY_DROPPED_HEADER).contains("too large"));
+        }
         if with_value {
             assert_eq!(
                 m.payload(),

@@ -113,10 +113,7 @@ async fn to_datetime_replays_exactly_the_records_at_or_after_the_time() {
     let stack = Stack::from_env().unwrap();
     let topic = stack.create_topic(1).await.unwrap();
     let group = unique("replay-");
-    let p: FutureProducer = stack
-        .kafka_config(&[("acks", "all")])
-        .create()
-        .unwrap();
+    let p: FutureProducer = stack.kafka_config(&[("acks", "all")]).create().unwrap();
     let t0 = 1_700_000_000_000i64;
     for i in 0..40i64 {
         p.send(

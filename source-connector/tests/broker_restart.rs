@@ -33,7 +33,8 @@ fn free_port() -> u16 {
 /// data in `dir` so that a restart keeps it. The script execs the JVM: the child's pid is the
 /// broker's, and SIGSTOP freezes the broker itself.
 fn start_broker(dir: &std::path::Path, port: u16, controller_port: u16) -> Child {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/kafka/broker.sh");
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/kafka/broker.sh");
     // Appended: the log of the broker before a restart is kept beside the one after.
     let log = std::fs::OpenOptions::new()
         .create(true)

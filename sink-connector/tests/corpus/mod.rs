@@ -14,6 +14,8 @@ pub enum Expect {
     Dlq(&'static str),
     /// Dead-lettered with this reason, without its value (too large for the dead-letter topic).
     DlqWithoutValue(&'static str),
+    /// Dead-lettered with this reason, without its key or value (the key alone is too large).
+    DlqWithoutKeyOrValue(&'static str),
     /// Written: the video is in `videos` and `snapshots` more rows are in `video_snapshots`.
     Written { video_id: String, snapshots: usize },
 }
@@ -248,6 +250,19 @@ pub fn cases(id: u32, other_id: u32, fetched_ms: i64) -> Vec<Case> {
             name: "poison record of 1.5 MB",
             records: vec![(k("E27"), Some(vec![0xee; 1_500_000]))],
             expect: DlqWithoutValue("not_wire_format"),
+        },
+        // The error quotes the key: its text must be cut, or the dead letter (key + value +
+        // headers) would be twice the key and refused, and the sink would retry for ever.
+        dlq(
+            "valid value under a 900 KB key",
+            Some(vec![b'k'; 900_000]),
+            Some(valid.clone()),
+            "key_mismatch",
+        ),
+        Case {
+            name: "valid value under a 1.2 MB key",
+            records: vec![(Some(vec![b'K'; 1_200_000]), Some(valid.clone()))],
+            expect: DlqWithoutKeyOrValue("key_mismatch"),
         },
     ];
 
