@@ -70,14 +70,15 @@ impl KafkaArgs {
         // Refused here rather than by the argument parser, whose error would echo the value.
         if let Some((k, _)) = self.kafka_properties.iter().find(|(k, _)| is_secret(k)) {
             bail!(
-                "`{k}` must not be set in KAFKA_PROPERTIES, which may be shown in logs: \
-                 use KAFKA_SASL_PASSWORD or KAFKA_SASL_PASSWORD_FILE"
+                "`{k}` holds a secret and must not be set in KAFKA_PROPERTIES, which may be shown \
+                 in logs and process lists: the SASL password goes in KAFKA_SASL_PASSWORD or \
+                 KAFKA_SASL_PASSWORD_FILE"
             );
         }
         if let Some((k, _)) = self
             .kafka_properties
             .iter()
-            .find(|(k, _)| PINNED.contains(&&**k))
+            .find(|(k, _)| PINNED.contains(&&*k.to_ascii_lowercase()))
         {
             bail!(
                 "`{k}` cannot be set in KAFKA_PROPERTIES: the connectors' delivery guarantees \
@@ -122,8 +123,16 @@ const PINNED: &[&str] = &[
     "group.id",
 ];
 
+/// Properties that hold a secret: passwords, client secrets, private keys, and OAUTHBEARER's
+/// config string (it carries credentials). Matched whatever the case: the list must not let a
+/// secret through because of a capital letter.
 fn is_secret(key: &str) -> bool {
-    key.ends_with("password") || key.ends_with("secret") || key.ends_with(".key.pem")
+    let key = key.to_ascii_lowercase();
+    key.ends_with("password")
+        || key.ends_with("secret")
+        || key.ends_with(".key.pem")
+        || key == "sasl.oauthbearer.config"
+        || key == "ssl.key.pem"
 }
 
 /// A producer replaced by a fresh one after a failed send, shared by the connectors' producers.
@@ -260,7 +269,9 @@ mod tests {
         for property in [
             "acks=1",
             "request.required.acks=1",
+            "enable.idempotence=false",
             "enable.auto.commit=true",
+            "enable.auto.offset.store=true",
             "auto.offset.reset=latest",
             "group.id=other",
         ] {
@@ -272,14 +283,21 @@ mod tests {
     }
 
     #[test]
-    fn password_is_refused_in_properties() {
-        let cli =
-            Cli::try_parse_from(["x", "--kafka-properties", "sasl.password=hunter2"]).unwrap();
-        let err = cli.kafka.client_config(&[]).unwrap_err().to_string();
-        assert!(err.contains("KAFKA_SASL_PASSWORD"), "{err}");
-        assert!(
-            !err.contains("hunter2"),
-            "the error echoes the secret: {err}"
-        );
+    fn secrets_are_refused_in_properties_whatever_their_case() {
+        for property in [
+            "sasl.password=hunter2",
+            "SASL.PASSWORD=hunter2",
+            "ssl.key.password=hunter2",
+            "sasl.oauthbearer.client.secret=hunter2",
+            "sasl.oauthbearer.config=principal=me secret=hunter2",
+        ] {
+            let cli = Cli::try_parse_from(["x", "--kafka-properties", property]).unwrap();
+            let err = cli.kafka.client_config(&[]).unwrap_err().to_string();
+            assert!(err.contains("KAFKA_SASL_PASSWORD"), "{property}: {err}");
+            assert!(
+                !err.contains("hunter2"),
+                "the error echoes the secret: {err}"
+            );
+        }
     }
 }

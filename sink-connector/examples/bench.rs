@@ -177,7 +177,11 @@ async fn register(stack: &Stack, topic: &str) -> anyhow::Result<u32> {
 /// Step 1: The raw limit: rows/s.
 async fn raw_limit(stack: &Stack, data: &[TrendingVideo], batch: usize) -> anyhow::Result<f64> {
     let db = stack.create_database().await?;
-    let writer = Writer::new(&SecretString::from(db.url.clone()), 1)?;
+    let writer = Writer::new(
+        &SecretString::from(db.url.clone()),
+        1,
+        Duration::from_secs(60),
+    )?;
     let mut client = writer.client().await?;
     sink_connector::migrate::run(&mut client).await?;
     drop(client);
@@ -298,7 +302,11 @@ async fn drain(
     let secs = started.elapsed().as_secs_f64();
     stop(sinks);
     // A drain only counts if it wrote everything.
-    let writer = Writer::new(&SecretString::from(db.url.clone()), 1)?;
+    let writer = Writer::new(
+        &SecretString::from(db.url.clone()),
+        1,
+        Duration::from_secs(60),
+    )?;
     let rows: i64 = writer
         .client()
         .await?
@@ -355,7 +363,11 @@ async fn latency(stack: &Stack, rate: usize, secs: usize) -> anyhow::Result<Late
     let topic = stack.create_topic(6).await?;
     let id = register(stack, &topic).await?;
     let db = stack.create_database().await?;
-    let writer = Writer::new(&SecretString::from(db.url.clone()), 1)?;
+    let writer = Writer::new(
+        &SecretString::from(db.url.clone()),
+        1,
+        Duration::from_secs(60),
+    )?;
     let mut client = writer.client().await?;
     sink_connector::migrate::run(&mut client).await?;
     client.batch_execute(MARK_VISIBLE).await?;

@@ -70,6 +70,13 @@ pub struct Config {
     #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 4)]
     pub database_pool_size: usize,
 
+    /// Longest a batch's transaction may take, e.g. `30s`. Past it the connection is dropped,
+    /// the batch retried and /readyz fails; it is also PostgreSQL's `statement_timeout` and the
+    /// connections' TCP user timeout, so a frozen server or a half-open connection cannot hang
+    /// the sink.
+    #[arg(long, env = "SINK_WRITE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub write_timeout: Duration,
+
     /// Do not apply migrations at start-up (when they are applied by another process).
     #[arg(long, env = "SINK_SKIP_MIGRATIONS")]
     pub skip_migrations: bool,
@@ -88,8 +95,10 @@ pub struct Config {
     #[arg(long, env = "SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 
-    /// Address of the HTTP port serving /metrics, /healthz and /readyz.
-    #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:9102")]
+    /// Address of the HTTP port serving /metrics, /healthz and /readyz. Loopback by default:
+    /// set `0.0.0.0:9102` (as the container images do) to let Prometheus reach it from
+    /// another host.
+    #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:9102")]
     pub http_addr: SocketAddr,
 
     #[command(flatten)]

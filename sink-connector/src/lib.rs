@@ -67,7 +67,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<bool> {
     let url = config.database_url()?;
-    let writer = Writer::new(&url, config.database_pool_size)?;
+    let writer = Writer::new(&url, config.database_pool_size, config.write_timeout)?;
     let backoff = Backoff::new(config.retry_initial_backoff, config.retry_max_backoff);
     let dlq_topic = config.dlq_topic();
     let decoder = Decoder::new(&config.registry.schema_registry_url)?;

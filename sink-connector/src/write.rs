@@ -10,6 +10,7 @@
 //! Replaying the topic from any offset, in any order, converges to the same tables.
 
 use std::str::FromStr;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -76,6 +77,8 @@ ON CONFLICT (region_code, fetched_at, video_id) DO UPDATE SET
 pub enum WriteError {
     #[error("no database connection: {0}")]
     Pool(String),
+    #[error("the batch's transaction took longer than {0:?} (SINK_WRITE_TIMEOUT); the connection was dropped")]
+    Timeout(std::time::Duration),
     #[error("database error ({kind}): {message}")]
     Db {
         kind: &'static str,
@@ -87,7 +90,7 @@ pub enum WriteError {
 impl WriteError {
     pub fn is_retriable(&self) -> bool {
         match self {
-            WriteError::Pool(_) => true,
+            WriteError::Pool(_) | WriteError::Timeout(_) => true,
             WriteError::Db { retriable, .. } => *retriable,
         }
     }
@@ -96,6 +99,7 @@ impl WriteError {
     pub fn kind(&self) -> &'static str {
         match self {
             WriteError::Pool(_) => "connection",
+            WriteError::Timeout(_) => "timeout",
             WriteError::Db { kind, .. } => kind,
         }
     }
@@ -139,13 +143,31 @@ pub struct Written {
 
 pub struct Writer {
     pool: Pool,
+    write_timeout: Duration,
 }
 
 impl Writer {
-    /// A pool of connections; none is opened until first used.
-    pub fn new(url: &SecretString, size: usize) -> anyhow::Result<Self> {
-        let config = tokio_postgres::Config::from_str(url.expose_secret())
+    /// A pool of connections; none is opened until first used. `write_timeout` bounds each
+    /// batch's transaction. A half-open connection or a frozen server would otherwise hang a
+    /// write until TCP gives up (hours) with /readyz still green; past it the connection is
+    /// dropped and the batch retried. PostgreSQL cancels a statement that runs that long too
+    /// (`statement_timeout`), and the kernel drops a connection whose data stays unacknowledged
+    /// that long (`tcp_user_timeout`).
+    pub fn new(url: &SecretString, size: usize, write_timeout: Duration) -> anyhow::Result<Self> {
+        let mut config = tokio_postgres::Config::from_str(url.expose_secret())
             .map_err(|_| anyhow::anyhow!("DATABASE_URL is not a valid PostgreSQL URL"))?;
+        let statement_timeout = format!("-c statement_timeout={}", write_timeout.as_millis());
+        let options = match config.get_options() {
+            Some(user) => format!("{user} {statement_timeout}"),
+            None => statement_timeout,
+        };
+        config
+            .options(options)
+            .tcp_user_timeout(write_timeout)
+            .connect_timeout(Duration::from_secs(10));
+        if config.get_application_name().is_none() {
+            config.application_name("youtube-trending-sink");
+        }
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -159,7 +181,10 @@ impl Writer {
             .create_timeout(Some(std::time::Duration::from_secs(10)))
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()?;
-        Ok(Writer { pool })
+        Ok(Writer {
+            pool,
+            write_timeout,
+        })
     }
 
     pub async fn client(&self) -> Result<deadpool_postgres::Client, WriteError> {
@@ -171,13 +196,34 @@ impl Writer {
 
     /// `SELECT 1`, for readiness.
     pub async fn ping(&self) -> Result<(), WriteError> {
-        self.client().await?.query_one("SELECT 1", &[]).await?;
-        Ok(())
+        let client = self.client().await?;
+        match tokio::time::timeout(self.write_timeout, client.query_one("SELECT 1", &[])).await {
+            Ok(answered) => answered.map(|_| ()).map_err(WriteError::from),
+            Err(_) => {
+                drop(deadpool_postgres::Object::take(client));
+                Err(WriteError::Timeout(self.write_timeout))
+            }
+        }
     }
 
-    /// Writes one deduplicated batch in one transaction.
+    /// Writes one deduplicated batch in one transaction, within the write timeout.
     pub async fn write(&self, batch: &Deduped<'_>) -> Result<Written, WriteError> {
         let mut client = self.client().await?;
+        match tokio::time::timeout(self.write_timeout, Self::write_in(&mut client, batch)).await {
+            Ok(written) => written,
+            Err(_) => {
+                // Out of the pool and closed: its transaction is in an unknown state (the
+                // server rolls it back when it notices the connection gone).
+                drop(deadpool_postgres::Object::take(client));
+                Err(WriteError::Timeout(self.write_timeout))
+            }
+        }
+    }
+
+    async fn write_in(
+        client: &mut deadpool_postgres::Client,
+        batch: &Deduped<'_>,
+    ) -> Result<Written, WriteError> {
         let tx = client.transaction().await?;
         let v = &batch.videos;
         let col = |f: fn(&schemas::TrendingVideo) -> Option<String>| -> Vec<Option<String>> {

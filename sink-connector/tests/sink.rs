@@ -443,3 +443,32 @@ async fn two_instances_share_the_partitions_and_one_finishes_when_the_other_stop
     assert_eq!(snapshots, produced, "one snapshot per record, none missing");
     a.stop().await;
 }
+
+/// A client that sends half a request to the HTTP port and then nothing does not hold the sink
+/// past SIGTERM: it exits 0 well within the header-read timeout.
+#[tokio::test]
+async fn a_half_sent_http_request_does_not_delay_the_exit() {
+    use tokio::io::AsyncWriteExt;
+    let stack = Stack::from_env().unwrap();
+    let topic = stack.create_topic(1).await.unwrap();
+    let group = unique("sink-");
+    let db = stack.create_database().await.unwrap();
+    let mut sink = Sink::spawn(&stack, &db, &topic, &group, &[]);
+    let addr = sink.http_addr().await;
+    wait_metric(&addr, "sink_ready", 1.0).await;
+    let mut held = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    held.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    sink.sigterm();
+    let status = sink.wait(Duration::from_secs(10)).await;
+    assert!(status.success(), "{status:?}:\n{}", sink.logs());
+    assert!(
+        started.elapsed() < plumbing::serve::HEADER_READ_TIMEOUT,
+        "exit took {:?}",
+        started.elapsed()
+    );
+    drop(held);
+}

@@ -52,9 +52,9 @@ pub struct Config {
     #[arg(long, env = "YOUTUBE_API_KEY_FILE")]
     pub api_key_file: Option<PathBuf>,
 
-    /// How the key is sent: `query` (the documented `key` parameter) or `header`
-    /// (`x-goog-api-key`, which keeps it out of proxies' URL logs).
-    #[arg(long, env = "YOUTUBE_API_KEY_IN", value_enum, default_value_t = KeyPlacement::Query)]
+    /// How the key is sent: `header` (`x-goog-api-key`, which keeps it out of proxies' and
+    /// servers' URL logs) or `query` (the `key` parameter, for proxies that drop the header).
+    #[arg(long, env = "YOUTUBE_API_KEY_IN", value_enum, default_value_t = KeyPlacement::Header)]
     pub api_key_in: KeyPlacement,
 
     /// Timeout of one API request, e.g. `10s`.
@@ -93,8 +93,10 @@ pub struct Config {
     #[arg(long, env = "SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 
-    /// Address of the HTTP port serving /metrics, /healthz and /readyz.
-    #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:9101")]
+    /// Address of the HTTP port serving /metrics, /healthz and /readyz. Loopback by default:
+    /// set `0.0.0.0:9101` (as the container images do) to let Prometheus reach it from
+    /// another host.
+    #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:9101")]
     pub http_addr: SocketAddr,
 
     #[command(flatten)]

@@ -168,3 +168,20 @@ impl BootRetrying<'_> {
         counter!("source_boot_retries_total", "step" => self.step).increment(1);
     }
 }
+
+/// A state record says a region was polled after now: counted as polled now.
+pub struct StateFromTheFuture<'a> {
+    pub region: &'a str,
+    pub recorded: DateTime<Utc>,
+    pub now: DateTime<Utc>,
+}
+
+impl StateFromTheFuture<'_> {
+    pub fn emit(&self) {
+        tracing::warn!(region = self.region, recorded = %self.recorded, now = %self.now,
+            "The state topic records a successful poll in the future (clock or bad record): \
+             counting it as now");
+        counter!("source_state_from_the_future_total", "region" => self.region.to_string())
+            .increment(1);
+    }
+}

@@ -16,7 +16,7 @@ use plumbing::backoff::Backoff;
 use plumbing::readiness::Readiness;
 use tokio_util::sync::CancellationToken;
 
-use crate::events::{NextStep, PollCompleted, PollFailed};
+use crate::events::{NextStep, PollCompleted, PollFailed, StateFromTheFuture};
 use crate::produce::{ProduceError, Publisher};
 use crate::record::chart_records;
 use crate::state::{self, RegionState};
@@ -172,19 +172,31 @@ pub fn next_quota_reset(now: DateTime<Utc>) -> DateTime<Utc> {
         .unwrap_or(now + chrono::Duration::hours(24))
 }
 
-/// When a region is first due, given its last successful poll.
+/// When a region is first due, given its last successful poll. The state topic is input like
+/// any other: a success recorded in the future (a wrong clock, a hand-written record) counts as
+/// now, with a warning, or it would hold the region's polls back silently while the source
+/// reports ready; and the arithmetic is checked, so that a date near the calendar's end cannot
+/// panic at every start.
 pub fn first_due(
     last: Option<&RegionState>,
     interval: Duration,
     now: DateTime<Utc>,
 ) -> DateTime<Utc> {
-    match last {
-        Some(s) => {
-            let due = s.last_success_at + chrono::Duration::from_std(interval).unwrap_or_default();
-            due.max(now)
+    let Some(s) = last else { return now };
+    let mut last_success = s.last_success_at;
+    if last_success > now {
+        StateFromTheFuture {
+            region: &s.region,
+            recorded: last_success,
+            now,
         }
-        None => now,
+        .emit();
+        last_success = now;
     }
+    chrono::Duration::from_std(interval)
+        .ok()
+        .and_then(|i| last_success.checked_add_signed(i))
+        .map_or(now, |due| due.max(now))
 }
 
 /// How a region's loop ended.
@@ -318,6 +330,22 @@ mod tests {
         );
         assert_eq!(
             first_due(Some(&state("2026-11-25T09:00:00Z")), interval, now),
+            now
+        );
+        // From the future: counted as now, so due one interval from now, not in 9999.
+        assert_eq!(
+            first_due(Some(&state("9999-12-31T23:00:00Z")), interval, now),
+            utc("2026-11-25T10:30:00Z")
+        );
+        let mut far = state("2026-11-25T09:00:00Z");
+        far.last_success_at = DateTime::<Utc>::MAX_UTC;
+        assert_eq!(
+            first_due(Some(&far), interval, now),
+            utc("2026-11-25T10:30:00Z")
+        );
+        // Overflowing arithmetic: due now rather than a panic.
+        assert_eq!(
+            first_due(Some(&state("2026-11-25T09:00:00Z")), Duration::MAX, now),
             now
         );
     }

@@ -36,6 +36,11 @@ pub enum Fault {
     Delay(Duration),
     /// Start the right answer, then break the connection mid-body.
     Reset,
+    /// A 200 whose JSON body is this many bytes (padding after the right answer's fields),
+    /// sent as a stream, as a broken or hostile proxy might.
+    Huge(usize),
+    /// A 302 to this URL.
+    Redirect(String),
 }
 
 #[derive(Default)]
@@ -195,6 +200,22 @@ fn serve_fault(fault: Fault, good: Value) -> Response {
             )
                 .into_response()
         }
+        Fault::Huge(bytes) => {
+            let head = b"{\"kind\":\"youtube#videoListResponse\",\"padding\":\"".to_vec();
+            let chunk = vec![b'x'; 64 * 1024];
+            let n = bytes.saturating_sub(head.len() + 2) / chunk.len();
+            let chunks = std::iter::once(head)
+                .chain(std::iter::repeat_n(chunk, n))
+                .chain(std::iter::once(b"\"}".to_vec()))
+                .map(Ok::<_, std::io::Error>);
+            (
+                StatusCode::OK,
+                [("content-type", "application/json")],
+                axum::body::Body::from_stream(futures::stream::iter(chunks)),
+            )
+                .into_response()
+        }
+        Fault::Redirect(to) => (StatusCode::FOUND, [("location", to)]).into_response(),
     }
 }
 

@@ -228,6 +228,9 @@ impl Client {
     pub fn new(config: &Config, key: SecretString) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .timeout(config.api_timeout)
+            // The API never redirects, and reqwest would carry `x-goog-api-key` to whatever
+            // host a redirect names.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!(
                 "youtube-trending-source/",
                 env!("CARGO_PKG_VERSION")
@@ -380,13 +383,41 @@ impl Client {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let body = response.bytes().await.map_err(network)?;
+        let body = read_capped(response).await?;
         if status.is_success() {
             Ok(body.to_vec())
         } else {
             Err(classify(status, &body, region, retry_after))
         }
     }
+}
+
+/// The largest response body read: a page of 50 videos is well under 1 MiB; a broken or hostile
+/// proxy must not make the source buffer without limit.
+pub const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
+
+async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, ApiError> {
+    if response
+        .content_length()
+        .is_some_and(|n| n > MAX_RESPONSE_BYTES as u64)
+    {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(network)? {
+        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+fn too_large() -> ApiError {
+    ApiError::Malformed(format!(
+        "the response body is larger than {} MiB",
+        MAX_RESPONSE_BYTES >> 20
+    ))
 }
 
 /// Turns an error status and body into an [`ApiError`]. The API's `reason` decides, not the
@@ -433,6 +464,14 @@ fn classify(
     }
     if status == StatusCode::TOO_MANY_REQUESTS {
         return ApiError::RateLimited { retry_after };
+    }
+    if status.is_redirection() {
+        // Not followed (see Client::new): the configured base URL is wrong or a proxy misbehaves.
+        return ApiError::Rejected {
+            status: status.as_u16(),
+            reason: "redirect not followed".into(),
+            message: "the API answered with a redirect; check YOUTUBE_API_BASE_URL".into(),
+        };
     }
     if status.is_server_error() {
         let reason = if reason.is_empty() {

@@ -1,4 +1,4 @@
-//! The real pipeline on the local stack (API stand-in → source → tansu + rivven-schema → sink →
+//! The real pipeline on the local stack (API stand-in → source → Kafka + the registry → sink →
 //! PostgreSQL), scraped by the stack's real Prometheus: every PromQL expression of the Pipeline
 //! dashboard must return data from Prometheus, and every SQL query of the Trending dashboard
 //! (variables substituted) must return rows from PostgreSQL. A renamed metric or a broken query

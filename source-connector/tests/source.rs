@@ -169,19 +169,29 @@ async fn read_topic(stack: &Stack, topic: &str) -> Vec<(String, TrendingVideo)> 
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .unwrap();
     let partitions = metadata.topics()[0].partitions().len() as i32;
-    // Read until the topic has been quiet for a while: tansu 0.6.0 reports the high watermark
-    // as the last batch's base offset + 1 (README, known differences), so it cannot say where
-    // the end is.
+    // Up to each partition's high watermark, read first: the end is known, not guessed from
+    // a quiet spell.
     let mut tpl = TopicPartitionList::new();
+    let mut ends = std::collections::HashMap::new();
     for p in 0..partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .unwrap();
+        if high > low {
+            ends.insert(p, high);
+        }
         tpl.add_partition_offset(topic, p, Offset::Beginning)
             .unwrap();
     }
     consumer.assign(&tpl).unwrap();
     drop(tpl);
     let mut raw = Vec::new();
-    let mut quiet_since = std::time::Instant::now();
-    while quiet_since.elapsed() < Duration::from_secs(2) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !ends.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{topic}: partitions {ends:?} not read to their end within 30 s"
+        );
         let Some(m) = consumer.poll(Duration::from_millis(100)) else {
             continue;
         };
@@ -190,7 +200,12 @@ async fn read_topic(stack: &Stack, topic: &str) -> Vec<(String, TrendingVideo)> 
             String::from_utf8(m.key().unwrap().to_vec()).unwrap(),
             m.payload().unwrap().to_vec(),
         ));
-        quiet_since = std::time::Instant::now();
+        if ends
+            .get(&m.partition())
+            .is_some_and(|end| m.offset() + 1 >= *end)
+        {
+            ends.remove(&m.partition());
+        }
     }
     let decoder = AvroDecoder::new(SrSettings::new(stack.registry_url.clone()));
     let mut out = Vec::new();
@@ -359,6 +374,55 @@ async fn transient_api_failures_are_retried_and_the_poll_completes() {
         7
     );
     assert_eq!(read_topic(&stack, &topic).await.len(), 120);
+}
+
+/// A 50 MB answer (a broken or hostile proxy) is cut off at 8 MiB and retried like any
+/// unreadable answer; the poll then completes.
+#[tokio::test]
+async fn a_huge_api_answer_is_refused_and_the_poll_retried() {
+    let stack = Stack::from_env().unwrap();
+    let api = StandIn::start().await;
+    api.set_chart("FR", 60);
+    api.push_faults([Fault::Huge(50 * 1024 * 1024)]);
+    let topic = unique("test-");
+    let mut source = Source::once(&stack, &api, &topic, &[]);
+    assert!(
+        source.wait(Duration::from_secs(60)).await.success(),
+        "{}",
+        source.logs()
+    );
+    assert!(
+        source.logs().contains("larger than 8 MiB"),
+        "{}",
+        source.logs()
+    );
+    assert_eq!(read_topic(&stack, &topic).await.len(), 60);
+}
+
+/// A redirect to another host is not followed, so the key (a header by default) never reaches
+/// it; the poll fails with a message naming the setting to check.
+#[tokio::test]
+async fn a_redirect_is_not_followed_and_the_key_goes_nowhere_else() {
+    let stack = Stack::from_env().unwrap();
+    let api = StandIn::start().await;
+    api.set_chart("FR", 50);
+    let elsewhere = StandIn::start().await;
+    elsewhere.set_chart("FR", 50);
+    api.push_faults([Fault::Redirect(format!(
+        "{}/videos?chart=mostPopular&part=snippet,contentDetails,statistics&regionCode=FR",
+        elsewhere.url
+    ))]);
+    let topic = unique("test-");
+    let mut source = Source::once(&stack, &api, &topic, &[]);
+    assert_eq!(source.wait(Duration::from_secs(60)).await.code(), Some(1));
+    assert_eq!(elsewhere.video_requests(), 0, "the redirect was followed");
+    assert!(
+        source.logs().contains("YOUTUBE_API_BASE_URL"),
+        "{}",
+        source.logs()
+    );
+    source.assert_key_not_logged();
+    assert!(read_topic(&stack, &topic).await.is_empty());
 }
 
 #[tokio::test]
