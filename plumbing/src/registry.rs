@@ -1,9 +1,13 @@
 //! Schema registry connection settings shared by both connectors, and how to read the
 //! registry client's errors.
 
+use std::path::PathBuf;
+
+use anyhow::bail;
 use clap::Args;
 use schema_registry_converter::async_impl::schema_registry::SrSettings;
 use schema_registry_converter::error::SRCError;
+use secrecy::ExposeSecret;
 
 /// How long one registry request may take. The client's plain constructor sets no limit: a
 /// registry that accepts the connection and never answers would stall a poll or a batch for
@@ -15,20 +19,51 @@ pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 pub struct RegistryArgs {
     /// Schema registry base URL (Confluent REST API). The default is the local stack's
     /// Apicurio Registry, whose Confluent-compatible API sits under `/apis/ccompat/v7`.
+    /// Credentials go in SCHEMA_REGISTRY_USERNAME and SCHEMA_REGISTRY_PASSWORD(_FILE), not in
+    /// the URL, which process lists and logs may show.
     #[arg(
         long,
         env = "SCHEMA_REGISTRY_URL",
-        default_value = "http://127.0.0.1:18081/apis/ccompat/v7"
+        default_value = "http://127.0.0.1:18081/apis/ccompat/v7",
+        hide_env_values = true
     )]
     pub schema_registry_url: String,
+
+    /// User of the registry's HTTP basic authentication (for Confluent Cloud, the API key).
+    /// Its password comes from the environment variable SCHEMA_REGISTRY_PASSWORD or from
+    /// SCHEMA_REGISTRY_PASSWORD_FILE, never a flag.
+    #[arg(long, env = "SCHEMA_REGISTRY_USERNAME")]
+    pub schema_registry_username: Option<String>,
+
+    /// File holding the registry's basic-authentication password, read at start-up.
+    #[arg(long, env = "SCHEMA_REGISTRY_PASSWORD_FILE")]
+    pub schema_registry_password_file: Option<PathBuf>,
 }
 
-/// The registry client's settings for `url`, with [`REQUEST_TIMEOUT`].
-pub fn settings(url: &str) -> anyhow::Result<SrSettings> {
-    SrSettings::new_builder(url.to_string())
-        .set_timeout(REQUEST_TIMEOUT)
-        .build()
-        .map_err(|e| anyhow::anyhow!("creating the schema registry client: {}", describe(&e)))
+impl RegistryArgs {
+    /// The registry client's settings: the URL, basic authentication when a user is set, and
+    /// [`REQUEST_TIMEOUT`].
+    pub fn settings(&self) -> anyhow::Result<SrSettings> {
+        let password = crate::secret::from_env_or_file(
+            "SCHEMA_REGISTRY_PASSWORD",
+            self.schema_registry_password_file.as_deref(),
+            "SCHEMA_REGISTRY_PASSWORD_FILE",
+        )?;
+        let mut builder = SrSettings::new_builder(self.schema_registry_url.clone());
+        builder.set_timeout(REQUEST_TIMEOUT);
+        match (&self.schema_registry_username, &password) {
+            (Some(user), password) => {
+                builder.set_basic_authorization(user, password.as_ref().map(|p| p.expose_secret()));
+            }
+            (None, Some(_)) => bail!(
+                "a schema registry password is set but SCHEMA_REGISTRY_USERNAME is not: set both"
+            ),
+            (None, None) => {}
+        }
+        builder
+            .build()
+            .map_err(|e| anyhow::anyhow!("creating the schema registry client: {}", describe(&e)))
+    }
 }
 
 /// The error's whole text: what failed, then the registry's own answer when there is one.

@@ -171,6 +171,9 @@ pub fn metric_sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<
 pub struct Outage {
     /// `host:port` to give the client instead of the service's.
     pub addr: String,
+    /// When set, the `Authorization` header a request must carry (checked on the first request
+    /// of each connection), else it is answered 401, as a registry with basic auth would.
+    required_auth: std::sync::Arc<std::sync::Mutex<Option<String>>>,
     /// The target URL's path (`/apis/ccompat/v7` for the stack's registry), kept in [`Outage::url`].
     path: String,
     mode: std::sync::Arc<std::sync::atomic::AtomicU8>,
@@ -198,7 +201,8 @@ impl Outage {
         let addr = listener.local_addr().expect("local addr").to_string();
         let mode = std::sync::Arc::new(std::sync::atomic::AtomicU8::new(UP));
         let connections = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (m, c) = (mode.clone(), connections.clone());
+        let required_auth = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+        let (m, c, a) = (mode.clone(), connections.clone(), required_auth.clone());
         tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
                 let target = target.clone();
@@ -219,18 +223,45 @@ impl Outage {
                         );
                         let _ = inbound.write_all(answer.as_bytes()).await;
                     }),
-                    _ => tokio::spawn(async move {
-                        if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
-                            let _ =
-                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                        }
-                    }),
+                    _ => {
+                        let required = a.lock().expect("auth").clone();
+                        tokio::spawn(async move {
+                            let mut head = vec![0u8; 16 * 1024];
+                            let n = match required {
+                                Some(_) => inbound.read(&mut head).await.unwrap_or(0),
+                                None => 0,
+                            };
+                            if let Some(expected) = required {
+                                let text = String::from_utf8_lossy(&head[..n]).to_lowercase();
+                                let wanted = format!("authorization: {}", expected.to_lowercase());
+                                if !text.contains(&wanted) {
+                                    let body = r#"{"error_code":401,"message":"Unauthorized"}"#;
+                                    let answer = format!(
+                                        "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\n\
+                                         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                                        body.len()
+                                    );
+                                    let _ = inbound.write_all(answer.as_bytes()).await;
+                                    return;
+                                }
+                            }
+                            if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await
+                            {
+                                if outbound.write_all(&head[..n]).await.is_ok() {
+                                    let _ =
+                                        tokio::io::copy_bidirectional(&mut inbound, &mut outbound)
+                                            .await;
+                                }
+                            }
+                        })
+                    }
                 };
                 c.lock().expect("connections").push(task.abort_handle());
             }
         });
         Outage {
             addr,
+            required_auth,
             path,
             mode,
             connections,
@@ -240,6 +271,14 @@ impl Outage {
     /// `http://` + [`Outage::addr`] + the target's path: the URL to give the client.
     pub fn url(&self) -> String {
         format!("http://{}{}", self.addr, self.path)
+    }
+
+    /// From now on, new connections must send HTTP basic authentication with `user` and
+    /// `password` in their first request, else they are answered 401.
+    pub fn require_basic_auth(&self, user: &str, password: &str) {
+        use base64::Engine;
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        *self.required_auth.lock().expect("auth") = Some(format!("Basic {token}"));
     }
 
     pub fn set_down(&self, down: bool) {

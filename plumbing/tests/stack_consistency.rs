@@ -50,6 +50,7 @@ fn connector_variables() -> Vec<String> {
         "YOUTUBE_API_KEY".to_string(),
         "DATABASE_URL".to_string(),
         "KAFKA_SASL_PASSWORD".to_string(),
+        "SCHEMA_REGISTRY_PASSWORD".to_string(),
     ];
     for file in [
         "source-connector/src/config.rs",
@@ -89,6 +90,7 @@ fn compose_services(compose: &str) -> Vec<String> {
     services
         .lines()
         .filter(|l| l.starts_with("  ") && !l.starts_with("   ") && l.trim_end().ends_with(':'))
+        .filter(|l| !l.trim_start().starts_with('#'))
         .map(|l| l.trim().trim_end_matches(':').to_string())
         .collect()
 }
@@ -219,4 +221,69 @@ fn the_dockerfiles_dependency_layer_is_a_workspace_cargo_accepts() {
         "cargo refuses the Dockerfile's dependency layer: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The Compose stack's hardening holds: UIs published on loopback only, images pinned to a
+/// version, no secret in an environment variable (only `*_FILE` paths to Compose secrets, each
+/// documented in secrets/README.md), every service without privilege escalation and with a
+/// memory limit, the connectors read-only and without capabilities.
+#[test]
+fn the_compose_stack_is_hardened() {
+    let compose = read("docker-compose.yml");
+    let secrets_doc = read("secrets/README.md");
+    for line in compose.lines().map(str::trim) {
+        // Port mappings are the only quoted list items of the file.
+        if let Some(port) = line.strip_prefix("- \"").filter(|p| p.contains(':')) {
+            assert!(
+                port.starts_with("127.0.0.1:"),
+                "published on every interface: {line}"
+            );
+        }
+        if let Some(image) = line.strip_prefix("image: ") {
+            let tag = image.rsplit_once(':').map(|(_, t)| t).unwrap_or("");
+            let ours = image.starts_with("youtube-trending/");
+            assert!(
+                ours || (tag.contains('.') && tag != "latest"),
+                "image not pinned to a version: {image}"
+            );
+        }
+        let upper = line.to_ascii_uppercase();
+        let entry = line
+            .split_once(": ")
+            .filter(|(key, _)| !matches!(*key, "secrets" | "file") && !key.starts_with(['-', '#']));
+        if let Some((key, value)) = entry.filter(|_| {
+            upper.contains("PASSWORD") || upper.contains("API_KEY") || upper.contains("SECRET")
+        }) {
+            assert!(
+                key.ends_with("_FILE") && value.starts_with("/run/secrets/"),
+                "a secret in the environment: {line}"
+            );
+        }
+        if let Some(file) = line.strip_prefix("file: ./secrets/") {
+            assert!(
+                secrets_doc.contains(&format!("`{file}`")),
+                "secret {file} is not documented in secrets/README.md"
+            );
+        }
+    }
+    for service in compose_services(&compose) {
+        let block = service_block(&compose, &service);
+        assert!(
+            block.contains("<<: *hardened"),
+            "{service}: no-new-privileges and the pids limit missing"
+        );
+        assert!(block.contains("mem_limit:"), "{service}: no memory limit");
+        if service.ends_with("-connector") {
+            assert!(
+                block.contains("read_only: true"),
+                "{service}: writable root"
+            );
+            assert!(
+                block.contains("cap_drop: [ALL]"),
+                "{service}: capabilities kept"
+            );
+        }
+    }
+    let hardened = compose.split("x-hardened: &hardened").nth(1).unwrap();
+    assert!(hardened.contains("no-new-privileges:true") && hardened.contains("pids_limit:"));
 }

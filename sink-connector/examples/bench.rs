@@ -147,8 +147,13 @@ fn spawn_sink(
     group: &str,
     batch: usize,
     http_addr: &str,
+    kafka_properties: &str,
 ) -> anyhow::Result<Child> {
-    Command::new(release_bin("sink-connector"))
+    let mut command = Command::new(release_bin("sink-connector"));
+    if !kafka_properties.is_empty() {
+        command.env("KAFKA_PROPERTIES", kafka_properties);
+    }
+    command
         .env("DATABASE_URL", db_url)
         .env("KAFKA_TOPIC", topic)
         .env("KAFKA_GROUP_ID", group)
@@ -261,6 +266,7 @@ async fn drain(
     snapshots: i64,
     batch: usize,
     instances: usize,
+    kafka_properties: &str,
 ) -> anyhow::Result<Drain> {
     let records: i64 = ends.values().sum();
     let db = stack.create_database().await?;
@@ -275,6 +281,7 @@ async fn drain(
             &group,
             batch,
             "127.0.0.1:0",
+            kafka_properties,
         )?);
     }
     let reader: BaseConsumer = stack.kafka_config(&[("group.id", &group)]).create()?;
@@ -378,6 +385,7 @@ async fn latency(stack: &Stack, rate: usize, secs: usize) -> anyhow::Result<Late
         &unique("bench-"),
         5000,
         "127.0.0.1:0",
+        "",
     )?;
     let producer: FutureProducer = stack
         .kafka_config(&[("acks", "all"), ("enable.idempotence", "true")])
@@ -577,12 +585,23 @@ async fn main() -> anyhow::Result<()> {
     let read_rps = broker_read_limit(&stack, &topic, n).await?;
     eprintln!("bench: broker read limit {read_rps:.0} records/s");
 
-    let main = drain(&stack, &topic, &ends, snapshots, batch, 1).await?;
+    let main = drain(&stack, &topic, &ends, snapshots, batch, 1, "").await?;
+    // The sink's fetch.queue.backoff.ms against librdkafka's default, side by side.
+    let default_backoff = drain(
+        &stack,
+        &topic,
+        &ends,
+        snapshots,
+        batch,
+        1,
+        "fetch.queue.backoff.ms=1000",
+    )
+    .await?;
     let mut scaling = Vec::new();
     for b in [batch / 5, batch * 4] {
-        scaling.push(drain(&stack, &topic, &ends, snapshots, b.max(1), 1).await?);
+        scaling.push(drain(&stack, &topic, &ends, snapshots, b.max(1), 1, "").await?);
     }
-    scaling.push(drain(&stack, &topic, &ends, snapshots, batch, 2).await?);
+    scaling.push(drain(&stack, &topic, &ends, snapshots, batch, 2, "").await?);
     let lat = latency(&stack, rate, latency_secs).await?;
     let src = source_poll(&stack).await?;
     let ratio = main.rows_per_sec / raw_rps;
@@ -597,6 +616,10 @@ async fn main() -> anyhow::Result<()> {
         main.rows_per_sec
     );
     println!("| sink / raw | {:.0}% |", ratio * 100.0);
+    println!(
+        "| sink drain, batch {batch}, librdkafka's default fetch.queue.backoff.ms=1000 (rows/s) | {:.0} |",
+        default_backoff.rows_per_sec
+    );
     println!("| sink peak RSS (MiB) | {:.1} |", mib(main.usage.max_rss()));
     println!("| sink CPU (s) | {:.1} |", main.usage.total_cpu());
     for d in &scaling {
@@ -629,6 +652,7 @@ async fn main() -> anyhow::Result<()> {
         "broker_read_records_per_sec": read_rps,
         "sink_rows_per_sec": main.rows_per_sec,
         "sink_to_raw_ratio": ratio,
+        "sink_rows_per_sec_default_fetch_queue_backoff": default_backoff.rows_per_sec,
         "sink_peak_rss_bytes": main.usage.max_rss(),
         "sink_cpu_seconds": main.usage.total_cpu(),
         "scaling": scaling.iter().map(|d| serde_json::json!({

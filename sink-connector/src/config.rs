@@ -57,9 +57,26 @@ pub struct Config {
     #[arg(long, env = "SINK_BATCH_MAX_RECORDS", default_value_t = 5000)]
     pub batch_max_records: usize,
 
-    /// ...or when its first record has waited this long, e.g. `200ms`.
+    /// ...or when its first record has waited this long, e.g. `200ms`...
     #[arg(long, env = "SINK_BATCH_MAX_WAIT", default_value = "200ms", value_parser = parse_duration)]
     pub batch_max_wait: Duration,
+
+    /// ...or when its records' keys and values add up to this many bytes: with two batches in
+    /// flight, about twice this is what the sink holds of the topic at most.
+    #[arg(long, env = "SINK_BATCH_MAX_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub batch_max_bytes: usize,
+
+    /// Subjects whose schemas the sink decodes, comma-separated (default: the topic's own,
+    /// `<topic>-value`). A record whose schema id is registered under none of them is
+    /// dead-lettered as `unknown_schema` without being decoded.
+    #[arg(long, env = "SINK_SCHEMA_SUBJECTS", value_delimiter = ',')]
+    pub schema_subjects: Vec<String>,
+
+    /// Longest string, bytes or array (in bytes or items) a record may announce. apache-avro
+    /// allocates what a length announces before reading it: a bound keeps a corrupt or hostile
+    /// record from exhausting memory.
+    #[arg(long, env = "SINK_AVRO_MAX_LENGTH", default_value_t = 1024 * 1024)]
+    pub avro_max_length: usize,
 
     /// File holding the PostgreSQL URL (alternative to the DATABASE_URL variable), e.g.
     /// `postgres://user:password@host:5432/db?sslmode=disable`.
@@ -135,10 +152,22 @@ impl Config {
         if self.batch_max_records == 0 {
             bail!("SINK_BATCH_MAX_RECORDS must be at least 1");
         }
+        if self.batch_max_bytes == 0 {
+            bail!("SINK_BATCH_MAX_BYTES must be at least 1");
+        }
         if self.database_pool_size == 0 {
             bail!("DATABASE_POOL_SIZE must be at least 1");
         }
         Ok(self)
+    }
+
+    /// The subjects whose schema ids are decoded (SINK_SCHEMA_SUBJECTS, or `<topic>-value`).
+    pub fn schema_subjects(&self) -> Vec<String> {
+        if self.schema_subjects.is_empty() {
+            vec![format!("{}-value", self.topic)]
+        } else {
+            self.schema_subjects.clone()
+        }
     }
 
     pub fn dlq_topic(&self) -> String {

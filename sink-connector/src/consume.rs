@@ -59,6 +59,11 @@ pub type SinkConsumer = StreamConsumer<SinkContext>;
 pub const FETCH_SETTINGS: &[(&str, &str)] = &[
     // Bounds what librdkafka prefetches per partition while the sink is busy or paused.
     ("queued.max.messages.kbytes", "16384"),
+    // When that prefetch queue is full (a batch being written), librdkafka postpones the
+    // partition's next fetch by this much: 1 s by default, which left the sink idle between
+    // batches. `make bench` on Kafka 4.3, 1,000,000 records, batch 5000: 38,868 rows/s with
+    // the default, 56,387 with 20 ms (the two side by side in one run).
+    ("fetch.queue.backoff.ms", "20"),
 ];
 
 pub fn consumer(kafka: &KafkaArgs, group: &str, topic: &str) -> anyhow::Result<SinkConsumer> {
@@ -81,23 +86,34 @@ pub fn consumer(kafka: &KafkaArgs, group: &str, topic: &str) -> anyhow::Result<S
     Ok(consumer)
 }
 
-/// Collects up to `max` records, waiting at most `max_wait` after the first one.
+/// Collects up to `max` records or `max_bytes` of keys and values (the record that crosses it
+/// is the last), waiting at most `max_wait` after the first one.
 pub async fn collect(
     consumer: &SinkConsumer,
     max: usize,
+    max_bytes: usize,
     max_wait: Duration,
 ) -> KafkaResult<Vec<OwnedMessage>> {
     let mut batch = Vec::new();
-    let first = consumer.recv().await?;
-    batch.push(first.detach());
+    let first = consumer.recv().await?.detach();
+    let mut bytes = size(&first);
+    batch.push(first);
     let deadline = Instant::now() + max_wait;
-    while batch.len() < max {
+    while batch.len() < max && bytes < max_bytes {
         match tokio::time::timeout_at(deadline, consumer.recv()).await {
-            Ok(m) => batch.push(m?.detach()),
+            Ok(m) => {
+                let m = m?.detach();
+                bytes += size(&m);
+                batch.push(m);
+            }
             Err(_) => break,
         }
     }
     Ok(batch)
+}
+
+fn size(m: &OwnedMessage) -> usize {
+    m.key().map_or(0, <[u8]>::len) + m.payload().map_or(0, <[u8]>::len)
 }
 
 /// The offsets to commit after `batch`: per partition, the offset after its last record.

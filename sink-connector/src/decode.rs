@@ -5,10 +5,14 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use plumbing::registry;
-use schema_registry_converter::async_impl::avro::AvroDecoder;
-use schema_registry_converter::async_impl::schema_registry::{get_all_subjects, SrSettings};
+use std::collections::HashSet;
+
+use plumbing::registry::{self, RegistryArgs};
+use schema_registry_converter::async_impl::schema_registry::{
+    get_all_subjects, get_all_versions, get_schema_by_id, perform_sr_call, SrSettings,
+};
 use schema_registry_converter::error::SRCError;
+use schema_registry_converter::schema_registry_common::SrCall;
 use schemas::{RecordError, TrendingVideo};
 
 /// Why a record could not be turned into a [`TrendingVideo`]. All but
@@ -86,24 +90,24 @@ struct WriterSchema {
 }
 
 pub struct Decoder {
-    /// Fetches writer's schemas from the registry, sharing concurrent requests for one id.
-    registry: AvroDecoder<'static>,
-    /// The same registry client's settings, for the start-up check.
     settings: SrSettings,
-    /// Writer's schemas by id, so the registry client is needed only for the first record of
-    /// each id.
+    /// Writer's schemas by id, so the registry is asked only for the first record of each id.
     schemas: Mutex<HashMap<u32, Arc<WriterSchema>>>,
+    /// The subjects whose schemas may be decoded, and the ids found under them so far.
+    subjects: Vec<String>,
+    allowed: Mutex<AllowedIds>,
+}
+
+#[derive(Default)]
+struct AllowedIds {
+    ids: HashSet<u32>,
+    /// (subject, version) already looked up.
+    versions: HashSet<(String, u32)>,
 }
 
 /// How far in the future a record's `fetched_at` may be (clocks differ a little between hosts);
 /// beyond, the record is invalid: it would stay "latest" in `videos` for that long.
 pub const MAX_CLOCK_SKEW: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
-
-/// The longest string or array a record may hold, in bytes or items. apache-avro allocates what
-/// a length prefix announces before reading it; without a bound, a corrupt prefix would make it
-/// reserve gigabytes and abort the process, on every restart. No field can be longer than a
-/// Kafka record (1 MB by default).
-pub const MAX_FIELD_LENGTH: usize = 16 * 1024 * 1024;
 
 impl Decoder {
     /// The newest `fetched_at` a record may carry now.
@@ -120,13 +124,22 @@ impl Decoder {
             .map_err(|e| DecodeError::RegistryUnavailable(registry::describe(&e)))
     }
 
-    pub fn new(registry_url: &str) -> anyhow::Result<Self> {
-        apache_avro::util::max_allocation_bytes(MAX_FIELD_LENGTH);
-        let settings = registry::settings(registry_url)?;
+    /// A decoder of the schemas registered under `subjects`. `max_length` bounds every string,
+    /// bytes and array length a record announces: apache-avro allocates what a length prefix
+    /// says before reading it, so a corrupt prefix would otherwise reserve gigabytes and abort
+    /// the process, again after every restart. (apache-avro keeps the bound process-wide, set
+    /// once: the first decoder's stands.)
+    pub fn new(
+        registry: &RegistryArgs,
+        subjects: Vec<String>,
+        max_length: usize,
+    ) -> anyhow::Result<Self> {
+        apache_avro::util::max_allocation_bytes(max_length);
         Ok(Decoder {
-            registry: AvroDecoder::new(settings.clone()),
-            settings,
+            settings: registry.settings()?,
             schemas: Mutex::new(HashMap::new()),
+            subjects,
+            allowed: Mutex::new(AllowedIds::default()),
         })
     }
 
@@ -143,7 +156,7 @@ impl Decoder {
             return Err(DecodeError::NotWireFormat);
         }
         let id = u32::from_be_bytes([value[1], value[2], value[3], value[4]]);
-        let writer = self.writer_schema(id, value).await?;
+        let writer = self.writer_schema(id).await?;
         let mut body = Body {
             rest: &value[5..],
             overrun: false,
@@ -185,20 +198,39 @@ impl Decoder {
         Ok(video)
     }
 
-    /// The writer's schema of `id`, from the cache or the registry (through the first record
-    /// that uses it).
-    async fn writer_schema(&self, id: u32, value: &[u8]) -> Result<Arc<WriterSchema>, DecodeError> {
+    /// The writer's schema of `id`, from the cache or the registry (for the first record that
+    /// uses it). Only ids registered under the configured subjects are fetched at all, and a
+    /// recursive schema is refused: apache-avro decodes without a depth limit, so a schema
+    /// that refers to itself and a few KB of body could overflow the stack and abort the
+    /// process, again at the same offset after every restart.
+    async fn writer_schema(&self, id: u32) -> Result<Arc<WriterSchema>, DecodeError> {
         if let Some(s) = self.schemas.lock().expect("schema cache lock").get(&id) {
             return Ok(s.clone());
         }
-        let fetched = match self.registry.decode_with_schema(Some(value)).await {
-            Ok(Some(d)) => d.schema,
-            Ok(None) => return Err(DecodeError::Tombstone),
-            Err(e) => return Err(self.registry_error(id, e)),
-        };
+        if !self.is_allowed(id).await? {
+            return Err(DecodeError::Schema {
+                id,
+                detail: format!("not registered under {}", self.subjects.join(", ")),
+            });
+        }
+        let registered = get_schema_by_id(id, &self.settings)
+            .await
+            .map_err(|e| registry_error(id, e))?;
+        let parsed = apache_avro::Schema::parse_str(&registered.schema).map_err(|e| {
+            DecodeError::Schema {
+                id,
+                detail: format!("not a readable Avro schema: {e}"),
+            }
+        })?;
+        if is_recursive(&parsed, &mut Vec::new()) {
+            return Err(DecodeError::Schema {
+                id,
+                detail: "a recursive schema (a record that contains itself)".into(),
+            });
+        }
         let writer = Arc::new(WriterSchema {
-            is_current: fetched.parsed.canonical_form() == schemas::schema().canonical_form(),
-            parsed: fetched.parsed.clone(),
+            is_current: parsed.canonical_form() == schemas::schema().canonical_form(),
+            parsed,
         });
         self.schemas
             .lock()
@@ -207,23 +239,77 @@ impl Decoder {
         Ok(writer)
     }
 
-    /// What a failed schema lookup says about the record. Only "no such id" (404) or a schema
-    /// that cannot be read makes the record poison. Every other answer is about the registry,
-    /// not the record: the client calls only 502 and 503 retriable, but a 500, a 504, a 429 or
-    /// a 401 after a credentials change would otherwise dead-letter valid records, one schema
-    /// id at a time, until a restart (the client caches the error too).
-    fn registry_error(&self, id: u32, e: SRCError) -> DecodeError {
-        let detail = registry::describe(&e);
-        let status = registry::answered_status(&e);
-        if e.retriable || status.is_some_and(|s| s != 404) {
-            // Errors are cached by the registry client; a transient one must not stick.
-            self.registry.remove_errors_from_cache();
-            DecodeError::RegistryUnavailable(detail)
-        } else if detail.contains("transform bytes") {
-            DecodeError::Avro(detail)
-        } else {
-            DecodeError::Schema { id, detail }
+    /// Whether `id` is registered under one of the subjects. Ids found are kept; an unknown id
+    /// lists the subjects' versions again (a new version may have been registered since) and
+    /// looks up only the versions not seen yet.
+    async fn is_allowed(&self, id: u32) -> Result<bool, DecodeError> {
+        if self.allowed.lock().expect("allowed lock").ids.contains(&id) {
+            return Ok(true);
         }
+        for subject in &self.subjects {
+            let versions = match get_all_versions(&self.settings, subject.clone()).await {
+                Ok(v) => v,
+                // No such subject (yet): nothing registered under it.
+                Err(e) if registry::answered_status(&e) == Some(404) => continue,
+                Err(e) => return Err(registry_error(id, e)),
+            };
+            for version in versions {
+                let key = (subject.clone(), version);
+                if self
+                    .allowed
+                    .lock()
+                    .expect("allowed lock")
+                    .versions
+                    .contains(&key)
+                {
+                    continue;
+                }
+                let raw = perform_sr_call(
+                    &self.settings,
+                    SrCall::GetBySubjectAndVersion(subject, version),
+                )
+                .await
+                .map_err(|e| registry_error(id, e))?;
+                let mut allowed = self.allowed.lock().expect("allowed lock");
+                allowed.ids.extend(raw.id);
+                allowed.versions.insert(key);
+            }
+        }
+        Ok(self.allowed.lock().expect("allowed lock").ids.contains(&id))
+    }
+}
+
+/// What a failed registry call says about the record. Only "no such id" (404) or an answer that
+/// cannot be read makes the record poison. Every other answer is about the registry, not the
+/// record: the client calls only 502 and 503 retriable, but a 500, a 504, a 429 or a 401 after
+/// a credentials change would otherwise dead-letter valid records.
+fn registry_error(id: u32, e: SRCError) -> DecodeError {
+    let detail = registry::describe(&e);
+    let status = registry::answered_status(&e);
+    if e.retriable || status.is_some_and(|s| s != 404) {
+        DecodeError::RegistryUnavailable(detail)
+    } else {
+        DecodeError::Schema { id, detail }
+    }
+}
+
+/// Whether a record type of `schema` contains itself, directly or through arrays, maps and
+/// unions. `path` holds the records being walked: Avro defines a name before it is used, so a
+/// reference to a record on the path is the only way to a cycle.
+fn is_recursive(schema: &apache_avro::Schema, path: &mut Vec<apache_avro::schema::Name>) -> bool {
+    use apache_avro::Schema;
+    match schema {
+        Schema::Ref { name } => path.contains(name),
+        Schema::Record(r) => {
+            path.push(r.name.clone());
+            let found = r.fields.iter().any(|f| is_recursive(&f.schema, path));
+            path.pop();
+            found
+        }
+        Schema::Array(a) => is_recursive(&a.items, path),
+        Schema::Map(m) => is_recursive(&m.types, path),
+        Schema::Union(u) => u.variants().iter().any(|v| is_recursive(v, path)),
+        _ => false,
     }
 }
 
@@ -273,9 +359,8 @@ mod tests {
 
     #[test]
     fn only_a_404_makes_a_record_poison_any_other_answer_means_the_registry_is_unavailable() {
-        let decoder = Decoder::new("http://127.0.0.1:9").unwrap();
         assert!(matches!(
-            decoder.registry_error(7, answer("404 Not Found")),
+            registry_error(7, answer("404 Not Found")),
             DecodeError::Schema { id: 7, .. }
         ));
         for status in [
@@ -284,10 +369,44 @@ mod tests {
             "429 Too Many Requests",
             "401 Unauthorized",
         ] {
-            let e = decoder.registry_error(7, answer(status));
+            let e = registry_error(7, answer(status));
             assert!(e.is_retriable(), "{status}: {e}");
         }
         let unreachable = SRCError::retryable_with_cause("connection refused", "http call failed");
-        assert!(decoder.registry_error(7, unreachable).is_retriable());
+        assert!(registry_error(7, unreachable).is_retriable());
+    }
+
+    #[test]
+    fn a_record_that_contains_itself_is_recursive_a_reused_type_is_not() {
+        let parse = |s: &str| apache_avro::Schema::parse_str(s).unwrap();
+        let direct = parse(
+            r#"{"type":"record","name":"Node","fields":[{"name":"next","type":["null","Node"]}]}"#,
+        );
+        let through_array = parse(
+            r#"{"type":"record","name":"Tree","fields":[
+                {"name":"children","type":{"type":"array","items":"Tree"}}]}"#,
+        );
+        let mutual = parse(
+            r#"{"type":"record","name":"A","fields":[{"name":"b","type":
+                {"type":"record","name":"B","fields":[{"name":"a","type":["null","A"]}]}}]}"#,
+        );
+        let reused = parse(
+            r#"{"type":"record","name":"P","fields":[
+                {"name":"x","type":{"type":"record","name":"Q","fields":[{"name":"v","type":"long"}]}},
+                {"name":"y","type":"Q"}]}"#,
+        );
+        for (schema, recursive) in [
+            (&direct, true),
+            (&through_array, true),
+            (&mutual, true),
+            (&reused, false),
+            (schemas::schema(), false),
+        ] {
+            assert_eq!(
+                is_recursive(schema, &mut Vec::new()),
+                recursive,
+                "{schema:?}"
+            );
+        }
     }
 }

@@ -70,7 +70,11 @@ pub async fn run(
     let writer = Writer::new(&url, config.database_pool_size, config.write_timeout)?;
     let backoff = Backoff::new(config.retry_initial_backoff, config.retry_max_backoff);
     let dlq_topic = config.dlq_topic();
-    let decoder = Decoder::new(&config.registry.schema_registry_url)?;
+    let decoder = Decoder::new(
+        &config.registry,
+        config.schema_subjects(),
+        config.avro_max_length,
+    )?;
 
     // Start-up steps wait for their dependency, with backoff, until shutdown.
     let boot = async {
@@ -209,6 +213,7 @@ impl Sink {
             consume::collect(
                 &self.consumer,
                 config.batch_max_records,
+                config.batch_max_bytes,
                 config.batch_max_wait,
             )
         })

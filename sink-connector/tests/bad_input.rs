@@ -32,8 +32,13 @@ async fn every_kind_of_bad_input_is_dead_lettered_and_the_records_around_it_are_
     )
     .unwrap();
     let other_id = register(&stack, &format!("{topic}-other"), &other).await;
+    let recursive = apache_avro::Schema::parse_str(
+        r#"{"type":"record","name":"Node","namespace":"corpus","fields":[{"name":"next","type":["null","Node"]}]}"#,
+    )
+    .unwrap();
+    let recursive_id = register(&stack, &format!("{topic}-recursive"), &recursive).await;
     let fetched = at(1_764_000_000);
-    let cases = cases(id, other_id, fetched.timestamp_millis());
+    let cases = cases(id, other_id, recursive_id, fetched.timestamp_millis());
     assert!(cases.len() >= 20, "the corpus has {} cases", cases.len());
 
     // A valid record before every case and one after the last, all on one partition.

@@ -472,3 +472,61 @@ async fn a_half_sent_http_request_does_not_delay_the_exit() {
     );
     drop(held);
 }
+
+/// Records near 1 MB: batches are cut by SINK_BATCH_MAX_BYTES, not only by count, so what the
+/// sink holds stays bounded (5000 such records would be 4.5 GB in one batch).
+#[tokio::test]
+async fn large_records_are_batched_by_bytes_and_memory_stays_bounded() {
+    let stack = Stack::from_env().unwrap();
+    let topic = stack.create_topic(1).await.unwrap();
+    let group = unique("sink-");
+    let db = stack.create_database().await.unwrap();
+    let videos: Vec<_> = (0..60)
+        .map(|i| {
+            let mut v = schemas::sample(&format!("BIG{i:03}"), "FR", i + 1, at(1_000));
+            v.description = Some("x".repeat(880_000));
+            v
+        })
+        .collect();
+    let ends = produce_raw(
+        &producer(&stack),
+        &topic,
+        encode(&stack, &topic, &videos).await,
+    )
+    .await;
+    let sink = Sink::spawn(
+        &stack,
+        &db,
+        &topic,
+        &group,
+        &[("SINK_BATCH_MAX_BYTES", "8388608")],
+    );
+    wait_committed(&stack, &topic, &group, 1, &ends, &sink).await;
+    let m = scrape(&sink.http_addr().await).await;
+    // 8 MiB holds 9 such records: the last one crosses the bound, so at most 10 a batch.
+    let batches = metric_sample(&m, "sink_batch_size_records_count", &[]).unwrap_or(0.0);
+    assert!(batches >= 6.0, "{batches} batches for 60 records of 880 KB");
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", sink.child.id().unwrap())).unwrap();
+    let peak_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    assert!(
+        peak_kib < 300 * 1024,
+        "peak RSS {} MiB for batches of 8 MiB",
+        peak_kib / 1024
+    );
+    let c = connect(&db).await;
+    let rows: i64 = c
+        .query_one(
+            "SELECT count(*) FROM videos WHERE length(description) = 880000",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 60);
+    sink.stop().await;
+}

@@ -65,6 +65,8 @@ pub async fn run(
         },
     ];
     let kafka_config = config.kafka.client_config(&[])?;
+    // Built once, before the retried steps: a wrong credential setting is not worth retrying.
+    let registry_settings = config.registry.settings()?;
     let boot = async {
         retry_boot("create_topics", &backoff, &readiness, "kafka", || {
             ensure_topics(&kafka_config, &topics)
@@ -79,7 +81,7 @@ pub async fn run(
             || async {
                 match Publisher::register(
                     producer.clone(),
-                    &config.registry.schema_registry_url,
+                    &registry_settings,
                     &config.topic,
                     config.produce_timeout,
                 )

@@ -13,7 +13,7 @@ use plumbing::registry;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureRecord, Producer};
 use schema_registry_converter::async_impl::avro::AvroEncoder;
-use schema_registry_converter::async_impl::schema_registry::post_schema;
+use schema_registry_converter::async_impl::schema_registry::{post_schema, SrSettings};
 use schema_registry_converter::avro_common::get_supplied_schema;
 use schema_registry_converter::error::SRCError;
 use schema_registry_converter::schema_registry_common::SubjectNameStrategy;
@@ -84,12 +84,11 @@ impl Publisher {
     /// when the registry finds it incompatible with the subject's latest version.
     pub async fn register(
         producer: Arc<RenewableProducer>,
-        registry_url: &str,
+        settings: &SrSettings,
         topic: &str,
         timeout: Duration,
     ) -> Result<(Self, u32), ProduceError> {
-        let settings = registry::settings(registry_url)
-            .map_err(|e| ProduceError::Registry(format!("{e:#}")))?;
+        let settings = settings.clone();
         let subject = format!("{topic}-value");
         let supplied = get_supplied_schema(schemas::schema());
         let registered = post_schema(&settings, subject.clone(), supplied.clone())

@@ -957,3 +957,60 @@ async fn with_the_registry_down_at_the_first_poll_the_source_recovers_alone() {
     assert!(source.wait(Duration::from_secs(30)).await.success());
     assert_eq!(read_topic(&stack, &topic).await.len(), 80);
 }
+
+/// A registry that requires HTTP basic authentication (as Confluent Cloud's does): with
+/// SCHEMA_REGISTRY_USERNAME and SCHEMA_REGISTRY_PASSWORD the source registers and publishes;
+/// without them it publishes nothing and `/readyz` names the registry. The password reaches no
+/// log line, and `--help` does not print the registry URL's value (it may carry credentials).
+#[tokio::test]
+async fn a_registry_with_basic_auth_is_reached_with_the_configured_credentials_only() {
+    let stack = Stack::from_env().unwrap();
+    let api = StandIn::start().await;
+    api.set_chart("FR", 50);
+    let registry = Outage::start(&stack.registry_url).await;
+    registry.require_basic_auth("reg-user", "reg-secret-pw");
+    let url = registry.url();
+
+    let topic = unique("test-");
+    let mut with = Source::once(
+        &stack,
+        &api,
+        &topic,
+        &[
+            ("SCHEMA_REGISTRY_URL", &url),
+            ("SCHEMA_REGISTRY_USERNAME", "reg-user"),
+            ("SCHEMA_REGISTRY_PASSWORD", "reg-secret-pw"),
+        ],
+    );
+    assert!(
+        with.wait(Duration::from_secs(60)).await.success(),
+        "{}",
+        with.logs()
+    );
+    assert_eq!(read_topic(&stack, &topic).await.len(), 50);
+    assert!(!with.logs().contains("reg-secret-pw"), "{}", with.logs());
+
+    let other = unique("test-");
+    let without = Source::spawn(&stack, &api, &other, &[("SCHEMA_REGISTRY_URL", &url)]);
+    without.wait_for_log("401", Duration::from_secs(30)).await;
+    let (status, body) = without.get("/readyz").await;
+    assert_eq!(status, 503);
+    assert!(body.contains("schema_registry"), "{body}");
+    assert!(!without.logs().contains("Poll published"));
+    without.sigkill();
+
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_source-connector"))
+        .arg("--help")
+        .env(
+            "SCHEMA_REGISTRY_URL",
+            "http://someone:hunter2@registry:8081",
+        )
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("SCHEMA_REGISTRY_USERNAME"), "{help}");
+    assert!(
+        !help.contains("hunter2"),
+        "--help shows the URL's credentials:\n{help}"
+    );
+}

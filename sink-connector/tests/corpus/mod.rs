@@ -72,7 +72,8 @@ fn k(s: &str) -> Option<Vec<u8>> {
 
 /// Every case. `id` is the registered id of the TrendingVideo schema, `other_id` that of an
 /// unrelated record schema `{"x": long}`; `fetched_ms` a plausible `fetched_at`.
-pub fn cases(id: u32, other_id: u32, fetched_ms: i64) -> Vec<Case> {
+/// `recursive_id` that of a record schema containing itself (`Node { next: null | Node }`).
+pub fn cases(id: u32, other_id: u32, recursive_id: u32, fetched_ms: i64) -> Vec<Case> {
     use Expect::*;
     let at = Utc.timestamp_millis_opt(fetched_ms).unwrap();
     let video = |vid: &str| schemas::sample(vid, "FR", 1, at);
@@ -139,11 +140,22 @@ pub fn cases(id: u32, other_id: u32, fetched_ms: i64) -> Vec<Case> {
             Some([valid.as_slice(), b"\x00\x01tail"].concat()),
             "avro",
         ),
+        // Ids registered under another subject are never decoded.
         dlq(
             "Avro of another schema",
             k("E9"),
             Some(wire(other_id, &long(42))),
-            "invalid",
+            "unknown_schema",
+        ),
+        // 200,000 nested records in 200 KB: decoded, it would overflow the sink's stack.
+        dlq(
+            "a recursive schema of another subject, nested 200,000 deep",
+            k("E9R"),
+            Some(wire(
+                recursive_id,
+                &[vec![2u8; 200_000], vec![0u8]].concat(),
+            )),
+            "unknown_schema",
         ),
         dlq("tombstone (null value)", k("E10"), None, "tombstone"),
         dlq(
