@@ -677,5 +677,26 @@ async fn main() -> anyhow::Result<()> {
         serde_json::to_string_pretty(&json)?,
     )?;
     eprintln!("bench: figures written to target/bench/latest.json");
+    // The targets the README shows as met: a run that misses one fails.
+    let mut missed = Vec::new();
+    if ratio < 0.70 {
+        missed.push(format!("sink / raw {:.0}% < 70%", ratio * 100.0));
+    }
+    if main.usage.max_rss() > 128 * 1024 * 1024 && n >= 1_000_000 {
+        missed.push(format!(
+            "sink peak RSS {:.1} MiB > 128 MiB",
+            mib(main.usage.max_rss())
+        ));
+    }
+    if lat.p99 > 1000.0 {
+        missed.push(format!("produce-to-visible p99 {:.0} ms > 1 s", lat.p99));
+    }
+    if src.usage.max_rss() > 64 * 1024 * 1024 {
+        missed.push(format!(
+            "source peak RSS {:.1} MiB > 64 MiB",
+            mib(src.usage.max_rss())
+        ));
+    }
+    ensure!(missed.is_empty(), "targets missed: {}", missed.join("; "));
     Ok(())
 }

@@ -95,7 +95,7 @@ async fn mid_stream_known_schemas_keep_flowing_and_a_new_schema_id_waits() {
     wait_committed(&stack, &topic, &group, 1, &a, &sink).await;
 
     // A compatible writer's schema with one more field, registered (while the registry is up)
-    // under a subject of its own: an id the sink has never seen.
+    // as the topic subject's next version: an id the sink has never seen.
     let mut json: serde_json::Value = serde_json::from_str(schemas::SCHEMA_JSON).unwrap();
     json["fields"]
         .as_array_mut()
@@ -104,7 +104,7 @@ async fn mid_stream_known_schemas_keep_flowing_and_a_new_schema_id_waits() {
             {"name": "extra", "type": ["null", "string"], "default": null}
         ));
     let v2 = apache_avro::Schema::parse_str(&json.to_string()).unwrap();
-    let v2_id = register(&stack, &format!("{topic}-v2"), &v2).await;
+    let v2_id = register(&stack, &format!("{topic}-value"), &v2).await;
 
     registry.set_down(true);
     // Known id: written and committed while the registry is down.

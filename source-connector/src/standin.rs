@@ -52,6 +52,8 @@ struct Inner {
     video_requests: usize,
     category_requests: usize,
     keys_seen: Vec<String>,
+    /// Requests whose key came in the `x-goog-api-key` header rather than the query.
+    keys_in_header: usize,
     /// Delay before every answer (to keep a poll in flight).
     delay: Option<Duration>,
 }
@@ -125,6 +127,11 @@ impl StandIn {
 
     pub fn keys_seen(&self) -> Vec<String> {
         self.inner.lock().unwrap().keys_seen.clone()
+    }
+
+    /// How many `videos.list` requests carried the key in the `x-goog-api-key` header.
+    pub fn keys_in_header(&self) -> usize {
+        self.inner.lock().unwrap().keys_in_header
     }
 }
 
@@ -245,6 +252,9 @@ async fn videos(
         let mut s = inner.lock().unwrap();
         s.video_requests += 1;
         s.keys_seen.push(key_of(&q, &headers));
+        if !q.contains_key("key") && headers.contains_key("x-goog-api-key") {
+            s.keys_in_header += 1;
+        }
         let fault = match token.as_ref().and_then(|t| s.page_faults.get_mut(t)) {
             Some(queue) if !queue.is_empty() => queue.pop_front(),
             _ => s.faults.pop_front(),

@@ -547,7 +547,10 @@ async fn a_restart_within_the_interval_does_not_poll_again_but_after_it_does() {
     third.sigterm();
     assert!(third.wait(Duration::from_secs(30)).await.success());
     assert!(api.video_requests() > after_first);
-    assert_eq!(read_topic(&stack, &topic).await.len() % 60, 0);
+    let published = first.logs().matches("\"Poll published\"").count()
+        + third.logs().matches("\"Poll published\"").count();
+    assert!(published >= 2, "{published} polls published");
+    assert_eq!(read_topic(&stack, &topic).await.len(), published * 60);
 }
 
 #[tokio::test]
@@ -1013,4 +1016,72 @@ async fn a_registry_with_basic_auth_is_reached_with_the_configured_credentials_o
         !help.contains("hunter2"),
         "--help shows the URL's credentials:\n{help}"
     );
+}
+
+/// The key goes in the `x-goog-api-key` header by default and in the `key` parameter with
+/// YOUTUBE_API_KEY_IN=query; it can come from YOUTUBE_API_KEY_FILE instead of the variable.
+#[tokio::test]
+async fn the_key_is_sent_as_a_header_by_default_and_read_from_a_file_if_asked() {
+    let stack = Stack::from_env().unwrap();
+    let key_file = std::env::temp_dir().join(unique("api-key-"));
+    std::fs::write(&key_file, "file-key-1234\n").unwrap();
+    for (placement, in_header) in [(None, true), (Some("query"), false)] {
+        let api = StandIn::start().await;
+        api.set_chart("FR", 60);
+        let topic = unique("test-");
+        let key_file = key_file.to_str().unwrap();
+        let mut extra = vec![("YOUTUBE_API_KEY", ""), ("YOUTUBE_API_KEY_FILE", key_file)];
+        if let Some(p) = placement {
+            extra.push(("YOUTUBE_API_KEY_IN", p));
+        }
+        let mut source = Source::once(&stack, &api, &topic, &extra);
+        assert!(
+            source.wait(Duration::from_secs(60)).await.success(),
+            "{}",
+            source.logs()
+        );
+        let requests = api.video_requests();
+        assert!(requests >= 2);
+        let keys = api.keys_seen();
+        assert!(keys.len() >= requests, "{keys:?}");
+        assert!(keys.iter().all(|k| k == "file-key-1234"), "{keys:?}");
+        assert_eq!(
+            api.keys_in_header(),
+            if in_header { requests } else { 0 },
+            "{placement:?}"
+        );
+        assert!(!source.logs().contains("file-key-1234"));
+    }
+    let _ = std::fs::remove_file(&key_file);
+}
+
+/// SIGTERM lets a poll in flight finish (up to SHUTDOWN_GRACE); a second signal exits at once,
+/// with code 130, for an operator who does not want to wait.
+#[tokio::test]
+async fn a_second_signal_exits_at_once() {
+    let stack = Stack::from_env().unwrap();
+    let api = StandIn::start().await;
+    api.set_chart("FR", 50);
+    api.set_delay(Some(Duration::from_secs(20)));
+    let topic = unique("test-");
+    let mut source = Source::spawn(&stack, &api, &topic, &[("SHUTDOWN_GRACE", "60s")]);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while api.category_requests() + api.video_requests() == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "{}", source.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    source.sigterm();
+    source
+        .wait_for_log("Shutdown requested", Duration::from_secs(10))
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        source.child.try_wait().unwrap().is_none(),
+        "the first signal waits for the poll in flight"
+    );
+    let started = std::time::Instant::now();
+    source.sigterm();
+    let status = source.wait(Duration::from_secs(5)).await;
+    assert_eq!(status.code(), Some(130), "{}", source.logs());
+    assert!(started.elapsed() < Duration::from_secs(3));
 }

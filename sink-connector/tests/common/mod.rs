@@ -30,6 +30,8 @@ pub type Raw = (Option<Vec<u8>>, Option<Vec<u8>>);
 pub struct Sink {
     pub child: Child,
     pub log: PathBuf,
+    /// The database password inside DATABASE_URL, which must reach no log line.
+    secret: String,
 }
 
 impl Sink {
@@ -64,7 +66,15 @@ impl Sink {
             .kill_on_drop(true)
             .spawn()
             .unwrap();
-        Sink { child, log }
+        // postgres://user:PASSWORD@host...
+        let secret = db
+            .url
+            .split_once("://")
+            .and_then(|(_, rest)| rest.split_once('@'))
+            .and_then(|(userinfo, _)| userinfo.split_once(':'))
+            .map(|(_, password)| password.to_string())
+            .expect("the test database URL carries a password");
+        Sink { child, log, secret }
     }
 
     pub fn logs(&self) -> String {
@@ -94,8 +104,8 @@ impl Sink {
         let status = self.wait(Duration::from_secs(30)).await;
         assert!(status.success(), "sink exit {status:?}:\n{}", self.logs());
         assert!(
-            !self.logs().contains("password"),
-            "a secret reached the logs"
+            !self.logs().contains(&self.secret),
+            "the database password reached the logs"
         );
     }
 }
@@ -363,6 +373,25 @@ pub async fn wait_metric(addr: &str, name: &str, expected: f64) -> String {
 
 /// Stops, starts or restarts the stack's PostgreSQL cluster. Only for test binaries of their
 /// own (cargo runs test binaries one after another, and other tests use this PostgreSQL).
+/// The stack's PostgreSQL stopped until this is dropped, also when an assertion fails first:
+/// later test binaries find it running.
+pub struct PostgresStopped;
+
+impl PostgresStopped {
+    pub fn now() -> PostgresStopped {
+        pg_ctl("stop");
+        PostgresStopped
+    }
+}
+
+impl Drop for PostgresStopped {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("pg_ctlcluster")
+            .args(["15", "main", "start"])
+            .status();
+    }
+}
+
 pub fn pg_ctl(action: &str) {
     let status = std::process::Command::new("pg_ctlcluster")
         .args(["15", "main", action, "-m", "fast"])
