@@ -136,11 +136,14 @@ psql_q -c "SELECT region_code AS region, count(*) AS videos, max(fetched_at) AS 
            GROUP BY region_code ORDER BY region_code"
 first=$(cut -d, -f1 <<<"$REGIONS")
 echo "Today's top 10 in $first:"
-psql_q -c "SELECT s.rank, left(v.title, 50) AS title, v.channel_title AS channel, s.view_count AS views
-           FROM video_snapshots s JOIN videos v USING (video_id)
-           WHERE s.region_code = '$first'
-             AND s.fetched_at = (SELECT max(fetched_at) FROM video_snapshots WHERE region_code = '$first')
-           ORDER BY s.rank LIMIT 10"
+# The region goes in as a psql variable (:'region' quotes it), not pasted into the SQL.
+psql_q -v region="$first" <<'SQL'
+SELECT s.rank, left(v.title, 50) AS title, v.channel_title AS channel, s.view_count AS views
+FROM video_snapshots s JOIN videos v USING (video_id)
+WHERE s.region_code = :'region'
+  AND s.fetched_at = (SELECT max(fetched_at) FROM video_snapshots WHERE region_code = :'region')
+ORDER BY s.rank LIMIT 10;
+SQL
 cat <<TXT
 Metrics:    http://127.0.0.1:9101/metrics (source), http://127.0.0.1:9102/metrics (sink)
 Prometheus: http://127.0.0.1:19090 (alerts loaded from prometheus/alerts.yml)

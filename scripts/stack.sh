@@ -229,19 +229,22 @@ start_postgres() {
     fi
     local pw; pw=$(cat "$pwfile")
     # The password goes in on stdin: on the command line `ps` would show it (it is alphanumeric).
+    # Names and the password go in as psql variables, quoted by format('%I'/'%L') and :'var'.
     as_postgres psql -q -v ON_ERROR_STOP=1 -d postgres >/dev/null <<SQL
 \set pw '$pw'
-SELECT format('CREATE ROLE $PG_ROLE LOGIN CREATEDB PASSWORD %L', :'pw')
- WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$PG_ROLE') \gexec
-SELECT format('ALTER ROLE $PG_ROLE LOGIN CREATEDB PASSWORD %L', :'pw') \gexec
-SELECT 'CREATE DATABASE $PG_DB OWNER $PG_ROLE'
- WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '$PG_DB') \gexec
+\set role '$PG_ROLE'
+\set db '$PG_DB'
+SELECT format('CREATE ROLE %I LOGIN CREATEDB PASSWORD %L', :'role', :'pw')
+ WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = :'role') \gexec
+SELECT format('ALTER ROLE %I LOGIN CREATEDB PASSWORD %L', :'role', :'pw') \gexec
+SELECT format('CREATE DATABASE %I OWNER %I', :'db', :'role')
+ WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = :'db') \gexec
 SQL
     # Databases left by earlier test runs (one per test) are dropped here, not by the tests.
-    as_postgres psql -q -At -d postgres -c \
-        "SELECT datname FROM pg_database WHERE datname LIKE 'test\_%'" | while read -r db; do
-        as_postgres psql -q -d postgres -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null
-    done
+    as_postgres psql -q -v ON_ERROR_STOP=1 -d postgres >/dev/null <<'SQL'
+SELECT format('DROP DATABASE IF EXISTS %I WITH (FORCE)', datname)
+  FROM pg_database WHERE datname LIKE 'test\_%' \gexec
+SQL
     local url="postgres://$PG_ROLE:$pw@127.0.0.1:$PG_PORT/$PG_DB?sslmode=disable"
     (umask 077; cat >"$STATE/test.env" <<ENV
 # Written by scripts/stack.sh up. Secrets: this file is private to this machine.

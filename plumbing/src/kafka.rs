@@ -109,6 +109,40 @@ impl KafkaArgs {
     }
 }
 
+/// A librdkafka client could not be created from its configuration: the error without the
+/// rejected value (librdkafka quotes it, `Invalid value "..." for configuration property
+/// "..."`, and it may be a credential given in the wrong property), with what to check.
+pub fn config_error(e: rdkafka::error::KafkaError) -> anyhow::Error {
+    let text = match &e {
+        // (result, description, property, value): the value is left out.
+        rdkafka::error::KafkaError::ClientConfig(_, description, property, _) => {
+            format!("{} (property `{property}`)", without_values(description))
+        }
+        other => without_values(&other.to_string()),
+    };
+    anyhow::anyhow!(
+        "creating the Kafka client: {text} (check KAFKA_PROPERTIES and the Kafka settings)"
+    )
+}
+
+/// `text` with every `value "..."` reduced to `value`.
+fn without_values(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("value \"") {
+        out.push_str(&rest[..i + "value".len()]);
+        let after = &rest[i + "value \"".len()..];
+        match after.find('"') {
+            Some(end) => rest = &after[end + 1..],
+            None => {
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Properties the connectors set themselves and their guarantees rest on: an idempotent,
 /// all-replica producer, and a consumer that starts a new group at the beginning of the topic
 /// and whose offsets move only when the sink commits them after the rows are written, in the
@@ -153,7 +187,7 @@ pub struct RenewableProducer {
 impl RenewableProducer {
     /// Creates the first producer (without contacting the broker).
     pub fn new(config: ClientConfig) -> anyhow::Result<Self> {
-        let first = config.create().context("creating the Kafka producer")?;
+        let first = config.create().map_err(config_error)?;
         Ok(RenewableProducer {
             config,
             current: std::sync::Mutex::new(first),
@@ -214,8 +248,7 @@ pub struct TopicSpec<'a> {
 /// Creates each topic that does not exist yet; existing topics are left as they are. Brokers
 /// that do not auto-create topics on produce (well-run production clusters) need this.
 pub async fn ensure_topics(config: &ClientConfig, topics: &[TopicSpec<'_>]) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> =
-        config.create().context("creating the Kafka admin client")?;
+    let admin: AdminClient<DefaultClientContext> = config.create().map_err(config_error)?;
     let new_topics: Vec<NewTopic> = topics
         .iter()
         .map(|t| {
@@ -283,6 +316,25 @@ mod tests {
             let key = property.split('=').next().unwrap();
             assert!(err.contains(&format!("`{key}` cannot be set")), "{err}");
         }
+    }
+
+    #[test]
+    fn configuration_errors_do_not_echo_the_rejected_value() {
+        let cli = Cli::try_parse_from(["x", "--kafka-properties", "linger.ms=hunter2"]).unwrap();
+        let err = cli
+            .kafka
+            .client_config(&[])
+            .unwrap()
+            .create::<FutureProducer>()
+            .map_err(config_error)
+            .err()
+            .expect("librdkafka refuses a non-numeric linger.ms");
+        let text = format!("{err:#}");
+        assert!(text.contains("linger.ms"), "{text}");
+        assert!(
+            !text.contains("hunter2"),
+            "the error echoes the value: {text}"
+        );
     }
 
     #[test]

@@ -81,7 +81,8 @@ pub fn consumer(kafka: &KafkaArgs, group: &str, topic: &str) -> anyhow::Result<S
             .copied()
             .collect::<Vec<_>>(),
         )?
-        .create_with_context(SinkContext)?;
+        .create_with_context(SinkContext)
+        .map_err(plumbing::kafka::config_error)?;
     consumer.subscribe(&[topic])?;
     Ok(consumer)
 }

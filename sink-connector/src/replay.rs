@@ -71,7 +71,7 @@ fn consumer(kafka: &KafkaArgs, group: &str) -> anyhow::Result<BaseConsumer> {
     kafka
         .client_config(&[("group.id", group), ("enable.auto.commit", "false")])?
         .create()
-        .context("creating the Kafka client")
+        .map_err(plumbing::kafka::config_error)
 }
 
 fn partitions_of(c: &BaseConsumer, topic: &str, only: &[i32]) -> anyhow::Result<Vec<i32>> {

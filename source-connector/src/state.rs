@@ -36,7 +36,8 @@ fn load_blocking(kafka: &KafkaArgs, topic: &str) -> anyhow::Result<HashMap<Strin
     // No group: this reader owns no offsets, it reads everything each start.
     let consumer: BaseConsumer = kafka
         .client_config(&[("enable.auto.commit", "false"), ("group.id", "unused")])?
-        .create()?;
+        .create()
+        .map_err(plumbing::kafka::config_error)?;
     let (low, high) = consumer
         .fetch_watermarks(topic, 0, TIMEOUT)
         .with_context(|| format!("reading the watermarks of the state topic `{topic}`"))?;

@@ -1085,3 +1085,40 @@ async fn a_second_signal_exits_at_once() {
     assert_eq!(status.code(), Some(130), "{}", source.logs());
     assert!(started.elapsed() < Duration::from_secs(3));
 }
+
+/// The state topic is input too: a success recorded in the year 9999 (a wrong clock, a
+/// hand-written record) counts as now, with a warning, and polls go on one interval later;
+/// before, the region was never polled again while the source reported ready.
+#[tokio::test]
+async fn a_state_record_from_the_future_is_clamped_and_polls_continue() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let stack = Stack::from_env().unwrap();
+    let api = StandIn::start().await;
+    api.set_chart("FR", 50);
+    let topic = unique("test-");
+    let state_topic = format!("{topic}.source-state");
+    stack
+        .create_named_topic(
+            &state_topic,
+            1,
+            std::collections::HashMap::from([("cleanup.policy", "compact")]),
+        )
+        .await
+        .unwrap();
+    let p: FutureProducer = stack.kafka_config(&[("acks", "all")]).create().unwrap();
+    p.send(
+        FutureRecord::to(&state_topic)
+            .key("FR")
+            .payload(r#"{"region":"FR","last_success_at":"9999-12-31T23:59:59Z","videos":50}"#),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    let mut source = Source::spawn(&stack, &api, &topic, &[("POLL_INTERVAL", "2s")]);
+    source
+        .wait_for_log("Poll published", Duration::from_secs(30))
+        .await;
+    assert!(source.logs().contains("in the future"), "{}", source.logs());
+    source.sigterm();
+    assert!(source.wait(Duration::from_secs(30)).await.success());
+}
