@@ -12,6 +12,7 @@
 //! (harmless, the writes are idempotent) but their offsets are not committed, so the new owner
 //! processes them again and nothing is skipped.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use metrics::counter;
@@ -185,5 +186,74 @@ pub fn set_paused(consumer: &SinkConsumer, paused: bool) {
     });
     if let Err(e) = result {
         tracing::warn!(error = %e, paused, "Could not pause or resume the partitions");
+    }
+}
+
+/// Reports the group's lag per partition (high watermark minus the offset the sink committed)
+/// every [`LagReporter::INTERVAL`], also while no batch comes: after a drain the gauge reaches
+/// 0, and while the sink is stuck and records keep arriving it grows. Commits only record their
+/// offsets here; the broker round trips run on a client of their own, off the pipeline.
+pub struct LagReporter {
+    committed: std::sync::Arc<std::sync::Mutex<HashMap<(String, i32), i64>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LagReporter {
+    /// How often lag is measured: each measure asks the broker for every partition's watermarks.
+    pub const INTERVAL: Duration = Duration::from_secs(5);
+
+    pub fn start(kafka: &KafkaArgs) -> anyhow::Result<Self> {
+        // No group: this client only asks for watermarks.
+        let client: rdkafka::consumer::BaseConsumer = kafka
+            .client_config(&[("group.id", "youtube-trending-sink-lag")])?
+            .create()
+            .map_err(plumbing::kafka::config_error)?;
+        let client = std::sync::Arc::new(client);
+        let committed: std::sync::Arc<std::sync::Mutex<HashMap<(String, i32), i64>>> =
+            Default::default();
+        let offsets = committed.clone();
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Self::INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let now: Vec<((String, i32), i64)> = offsets
+                    .lock()
+                    .expect("lag offsets lock")
+                    .iter()
+                    .map(|(k, v)| (k.clone(), *v))
+                    .collect();
+                let client = client.clone();
+                let measured = tokio::task::spawn_blocking(move || {
+                    for ((topic, partition), committed) in now {
+                        match client.fetch_watermarks(&topic, partition, Duration::from_secs(2)) {
+                            Ok((_, high)) => crate::events::ConsumerLag {
+                                partition,
+                                lag: (high - committed).max(0),
+                            }
+                            .emit(),
+                            Err(e) => tracing::debug!(partition, error = %e,
+                                "Could not read watermarks for the lag"),
+                        }
+                    }
+                });
+                let _ = measured.await;
+            }
+        });
+        Ok(LagReporter { committed, task })
+    }
+
+    /// Offsets just committed (topic, partition, next offset).
+    pub fn committed(&self, offsets: &[(String, i32, i64)]) {
+        let mut map = self.committed.lock().expect("lag offsets lock");
+        for (topic, partition, next) in offsets {
+            map.insert((topic.clone(), *partition), *next);
+        }
+    }
+}
+
+impl Drop for LagReporter {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }

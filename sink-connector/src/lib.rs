@@ -51,13 +51,10 @@ struct Sink {
     readiness: Readiness,
     backoff: Backoff,
     tolerance: ErrorsTolerance,
-    lag_reported_at: std::sync::Mutex<Option<Instant>>,
+    lag: consume::LagReporter,
     /// Stages waiting for a dependency; fetching is paused while there is one.
     fetch_holders: std::sync::Mutex<usize>,
 }
-
-/// Lag is measured at most this often: each measure asks the broker for watermarks.
-const LAG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Runs the sink until `shutdown` (then returns `Ok(true)`). Returns an error on a poison record
 /// with `SINK_ERRORS_TOLERANCE=none`, or a permanent database error.
@@ -126,7 +123,7 @@ pub async fn run(
         readiness,
         backoff,
         tolerance: config.errors_tolerance,
-        lag_reported_at: std::sync::Mutex::new(None),
+        lag: consume::LagReporter::start(&config.kafka)?,
         fetch_holders: std::sync::Mutex::new(0),
     };
     tracing::info!(topic = %config.topic, group = %config.group_id, dlq = sink.dlq.topic(),
@@ -304,7 +301,7 @@ impl Sink {
                 || async { consume::commit(&self.consumer, &offsets) },
             )
             .await;
-        self.report_lag(&offsets);
+        self.lag.committed(&offsets);
         let now = Utc::now();
         BatchWritten {
             records: batch.len(),
@@ -321,37 +318,6 @@ impl Sink {
         }
         .emit();
         Ok(())
-    }
-
-    /// Consumer lag of the partitions of the batch just committed (high watermark minus the
-    /// committed offset), at most every [`LAG_INTERVAL`].
-    fn report_lag(&self, offsets: &[(String, i32, i64)]) {
-        {
-            let mut last = self.lag_reported_at.lock().expect("lag lock");
-            if last.is_some_and(|t| t.elapsed() < LAG_INTERVAL) {
-                return;
-            }
-            *last = Some(Instant::now());
-        }
-        // fetch_watermarks blocks on a broker round trip.
-        tokio::task::block_in_place(|| {
-            for (topic, partition, committed) in offsets {
-                match self.consumer.fetch_watermarks(
-                    topic,
-                    *partition,
-                    std::time::Duration::from_secs(2),
-                ) {
-                    Ok((_, high)) => events::ConsumerLag {
-                        partition: *partition,
-                        lag: (high - committed).max(0),
-                    }
-                    .emit(),
-                    Err(e) => {
-                        tracing::debug!(partition, error = %e, "Could not read watermarks for the lag")
-                    }
-                }
-            }
-        });
     }
 
     /// Decodes every record; fails as a whole only when the registry is unavailable.

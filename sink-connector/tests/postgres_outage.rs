@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use plumbing::testing::{unique, Stack};
+use plumbing::testing::{metric_sample, unique, Stack};
 
 #[tokio::test]
 async fn postgres_down_mid_stream_loses_nothing_and_commits_nothing_early() {
@@ -55,6 +55,13 @@ async fn postgres_down_mid_stream_loses_nothing_and_commits_nothing_early() {
         assert!(alive, "the sink exited during the outage:\n{}", sink.logs());
         assert_eq!(ready, 503, "not ready while PostgreSQL is down");
         assert_eq!(during, first, "nothing committed while PostgreSQL was down");
+        // What the SinkNotReady alert reads.
+        let m = scrape(&addr).await;
+        assert_eq!(
+            metric_sample(&m, "sink_ready", &[]),
+            Some(0.0),
+            "sink_ready while PostgreSQL is down:\n{m}"
+        );
         checks += 1;
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
@@ -67,6 +74,7 @@ async fn postgres_down_mid_stream_loses_nothing_and_commits_nothing_early() {
     }
     wait_committed(&stack, &topic, &group, 2, &ends, &sink).await;
     assert_eq!(reqwest_status(&addr, "/readyz").await, 200);
+    wait_metric(&addr, "sink_ready", 1.0).await;
     let c = connect(&db).await;
     let n: i64 = c
         .query_one("SELECT count(*) FROM video_snapshots", &[])

@@ -23,8 +23,39 @@ async fn records_become_rows_and_offsets_are_committed_to_the_end() {
     records.extend(encode_by_hand(&stack, &topic, &chart("US", 50, at(2_000), 30)).await);
     let ends = produce_raw(&p, &topic, records).await;
 
-    let sink = Sink::spawn(&stack, &db, &topic, &group, &[]);
+    // Small batches, so the drain takes many of them within the lag report's 5 s.
+    let sink = Sink::spawn(
+        &stack,
+        &db,
+        &topic,
+        &group,
+        &[("SINK_BATCH_MAX_RECORDS", "20")],
+    );
     wait_committed(&stack, &topic, &group, 3, &ends, &sink).await;
+    // Lag 0 on every partition once drained: what SinkConsumerLagHigh and the replay runbook
+    // read.
+    let addr = sink.http_addr().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let m = scrape(&addr).await;
+        let lags: Vec<Option<f64>> = (0..3)
+            .map(|p| {
+                metric_sample(
+                    &m,
+                    "sink_consumer_lag_records",
+                    &[("partition", &p.to_string())],
+                )
+            })
+            .collect();
+        if lags.iter().all(|l| *l == Some(0.0)) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "lag after the drain: {lags:?}\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let c = connect(&db).await;
     let count = |q: &'static str| {
         let c = &c;

@@ -642,6 +642,17 @@ async fn a_region_without_a_chart_is_skipped_and_the_others_publish() {
     source
         .wait_for_log("videoChartNotFound", Duration::from_secs(10))
         .await;
+    // What the dashboards and alerts read.
+    let (_, m) = source.get("/metrics").await;
+    assert_eq!(
+        metric_sample(
+            &m,
+            "source_polls_total",
+            &[("region", "AQ"), ("outcome", "chart_not_found")]
+        ),
+        Some(1.0),
+        "{m}"
+    );
     source.sigterm();
     assert!(source.wait(Duration::from_secs(30)).await.success());
     let records = read_topic(&stack, &topic).await;
@@ -1121,4 +1132,44 @@ async fn a_state_record_from_the_future_is_clamped_and_polls_continue() {
     assert!(source.logs().contains("in the future"), "{}", source.logs());
     source.sigterm();
     assert!(source.wait(Duration::from_secs(30)).await.success());
+}
+
+/// A rejected key in long-running mode (not --once): the source keeps running, `/readyz` names
+/// the API, metrics are still served and count the outcome `key_rejected` (what the
+/// `YoutubeApiKeyRejected` alert reads), and nothing is published.
+#[tokio::test]
+async fn a_rejected_key_in_long_running_mode_fails_readiness_and_keeps_serving_metrics() {
+    let stack = Stack::from_env().unwrap();
+    let api = StandIn::start().await;
+    api.set_chart("FR", 50);
+    api.push_faults([Fault::Status(400, "keyInvalid")]);
+    let topic = unique("test-");
+    let mut source = Source::spawn(&stack, &api, &topic, &[]);
+    source
+        .wait_for_log("refused the key", Duration::from_secs(30))
+        .await;
+    let (status, body) = source.get("/readyz").await;
+    assert_eq!(status, 503);
+    assert!(body.contains("youtube_api"), "{body}");
+    let (status, m) = source.get("/metrics").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        metric_sample(
+            &m,
+            "source_polls_total",
+            &[("region", "FR"), ("outcome", "key_rejected")]
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(metric_sample(&m, "source_ready", &[]), Some(0.0), "{m}");
+    assert!(
+        source.child.try_wait().unwrap().is_none(),
+        "it keeps running"
+    );
+    assert_eq!(api.video_requests(), 1, "a rejected key is not retried");
+    source.sigterm();
+    assert!(source.wait(Duration::from_secs(30)).await.success());
+    source.assert_key_not_logged();
+    assert!(read_topic(&stack, &topic).await.is_empty());
 }
