@@ -23,13 +23,37 @@ use rdkafka::message::OwnedMessage;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use tokio::time::Instant;
 
-/// Counts rebalances and logs the partitions that move.
-pub struct SinkContext;
+/// Counts rebalances and logs the partitions that move; keeps newly assigned partitions as
+/// paused or running as the sink wants them.
+#[derive(Default)]
+pub struct SinkContext {
+    /// Fetching is paused (a dependency is away). librdkafka keeps a partition's pause across a
+    /// revoke and a new assignment, and a resume while nothing is assigned reaches nothing: a
+    /// dependency that came back during a rebalance left the partitions paused for good.
+    /// A lock rather than an atomic: the pause of the assignment and a new assignment must not
+    /// interleave.
+    paused: std::sync::Mutex<bool>,
+}
 
 impl ClientContext for SinkContext {}
 
 impl ConsumerContext for SinkContext {
-    fn post_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(
+        &self,
+        consumer: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &Rebalance<'_>,
+    ) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            let paused = self.paused.lock().expect("pause lock");
+            let result = if *paused {
+                consumer.pause(tpl)
+            } else {
+                consumer.resume(tpl)
+            };
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "Could not pause or resume the assigned partitions");
+            }
+        }
         let (kind, partitions) = match rebalance {
             Rebalance::Assign(tpl) => ("assign", describe(tpl)),
             Rebalance::Revoke(tpl) => ("revoke", describe(tpl)),
@@ -82,7 +106,7 @@ pub fn consumer(kafka: &KafkaArgs, group: &str, topic: &str) -> anyhow::Result<S
             .copied()
             .collect::<Vec<_>>(),
         )?
-        .create_with_context(SinkContext)
+        .create_with_context(SinkContext::default())
         .map_err(plumbing::kafka::config_error)?;
     consumer.subscribe(&[topic])?;
     Ok(consumer)
@@ -177,6 +201,8 @@ pub fn commit(consumer: &SinkConsumer, offsets: &[(String, i32, i64)]) -> KafkaR
 
 /// Stops fetching every owned partition (while a dependency is down) or starts again.
 pub fn set_paused(consumer: &SinkConsumer, paused: bool) {
+    let mut wanted = consumer.context().paused.lock().expect("pause lock");
+    *wanted = paused;
     let result = consumer.assignment().and_then(|a| {
         if paused {
             consumer.pause(&a)

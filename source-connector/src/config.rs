@@ -11,6 +11,8 @@ use plumbing::backoff::parse_duration;
 use plumbing::kafka::KafkaArgs;
 use plumbing::registry::RegistryArgs;
 use plumbing::telemetry::LogArgs;
+
+use crate::quota::{self, Plan, PollInterval, QuotaError};
 use secrecy::SecretString;
 
 /// Polls YouTube's most-popular charts (one per region) and publishes each video as an Avro
@@ -30,9 +32,15 @@ pub struct Config {
     )]
     pub regions: Vec<String>,
 
-    /// Time between two successful polls of a region, e.g. `30m`, `1h`, `90s`.
-    #[arg(long, env = "POLL_INTERVAL", default_value = "30m", value_parser = parse_duration)]
-    pub poll_interval: Duration,
+    /// Time between two successful polls of a region, e.g. `30m`, `1h`, `90s`; or `auto`: the
+    /// shortest whole-minute interval whose plan fits 90% of YOUTUBE_DAILY_QUOTA.
+    #[arg(long, env = "POLL_INTERVAL", default_value = "30m", value_parser = parse_interval)]
+    pub poll_interval: PollInterval,
+
+    /// The project's YouTube API quota, in units a day (Google's default: 10,000). The source
+    /// refuses to start when its regions and interval would spend more.
+    #[arg(long, env = "YOUTUBE_DAILY_QUOTA", default_value_t = 10_000)]
+    pub daily_quota: u64,
 
     /// Poll every region once, publish, and exit: 0 if every region succeeded, 1 otherwise.
     /// For external schedulers (cron, Airflow): every region is polled at once, whatever the
@@ -129,13 +137,26 @@ impl Config {
         if self.regions.is_empty() {
             bail!("YOUTUBE_REGIONS is empty: name at least one region, e.g. FR");
         }
-        if self.poll_interval < Duration::from_secs(1) {
+        if matches!(self.poll_interval, PollInterval::Fixed(d) if d < Duration::from_secs(1)) {
             bail!("POLL_INTERVAL must be at least 1s");
+        }
+        // --once polls each region once, whatever the interval.
+        if !self.once {
+            self.quota_plan()?;
         }
         if self.api_max_attempts == 0 {
             bail!("YOUTUBE_API_MAX_ATTEMPTS must be at least 1");
         }
         Ok(self)
+    }
+
+    /// What the regions and interval spend per day, or why they do not fit the quota.
+    pub fn quota_plan(&self) -> Result<Plan, QuotaError> {
+        quota::plan(
+            self.regions.len() as u64,
+            self.poll_interval,
+            self.daily_quota,
+        )
     }
 
     pub fn state_topic(&self) -> String {
@@ -158,6 +179,14 @@ impl Config {
     }
 }
 
+fn parse_interval(s: &str) -> Result<PollInterval, String> {
+    if s.trim().eq_ignore_ascii_case("auto") {
+        Ok(PollInterval::Auto)
+    } else {
+        parse_duration(s).map(PollInterval::Fixed)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,14 +195,18 @@ mod tests {
     fn defaults_parse_and_flags_override() {
         let c = Config::try_parse_from(["x"]).unwrap().validate().unwrap();
         assert_eq!(c.regions, vec!["FR"]);
-        assert_eq!(c.poll_interval, Duration::from_secs(1800));
+        assert_eq!(
+            c.poll_interval,
+            PollInterval::Fixed(Duration::from_secs(1800))
+        );
+        assert_eq!(c.daily_quota, 10_000);
         assert_eq!(c.state_topic(), "youtube_trending.source-state");
         let c = Config::try_parse_from([
             "x",
             "--regions",
             "fr,US, jp",
             "--poll-interval",
-            "90s",
+            "5m",
             "--topic",
             "t2",
         ])
@@ -181,8 +214,30 @@ mod tests {
         .validate()
         .unwrap();
         assert_eq!(c.regions, vec!["FR", "US", "JP"]);
-        assert_eq!(c.poll_interval, Duration::from_secs(90));
+        assert_eq!(
+            c.poll_interval,
+            PollInterval::Fixed(Duration::from_secs(300))
+        );
         assert_eq!(c.state_topic(), "t2.source-state");
+    }
+
+    #[test]
+    fn a_plan_over_the_quota_is_refused_unless_auto_or_once() {
+        let args = ["x", "--regions", "FR,US,JP", "--poll-interval", "90s"];
+        let err = Config::try_parse_from(args)
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("YOUTUBE_DAILY_QUOTA=10000"),
+            "{err}"
+        );
+        let once = [&args[..], &["--once"]].concat();
+        assert!(Config::try_parse_from(once).unwrap().validate().is_ok());
+        let auto = ["x", "--regions", "FR,US,JP", "--poll-interval", "auto"];
+        let c = Config::try_parse_from(auto).unwrap().validate().unwrap();
+        assert_eq!(c.poll_interval, PollInterval::Auto);
+        assert!(c.quota_plan().unwrap().units_per_day <= 9_000);
     }
 
     #[test]

@@ -185,3 +185,28 @@ impl StateFromTheFuture<'_> {
             .increment(1);
     }
 }
+
+/// The quota plan at start: what the regions and interval spend per day.
+pub struct QuotaPlanned<'a> {
+    pub plan: &'a crate::quota::Plan,
+}
+
+impl QuotaPlanned<'_> {
+    pub fn emit(&self) {
+        let p = self.plan;
+        tracing::info!(
+            regions = p.regions,
+            interval_s = p.interval.as_secs(),
+            units_per_day = p.units_per_day,
+            daily_quota = p.daily_quota,
+            share = format!(
+                "{:.0}%",
+                p.units_per_day as f64 * 100.0 / p.daily_quota as f64
+            ),
+            interval_chosen_by_auto = p.auto,
+            "Quota plan"
+        );
+        gauge!("source_quota_plan_units_per_day").set(p.units_per_day as f64);
+        gauge!("source_quota_daily_units").set(p.daily_quota as f64);
+    }
+}

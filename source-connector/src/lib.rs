@@ -9,6 +9,7 @@
 pub mod config;
 pub mod events;
 pub mod produce;
+pub mod quota;
 pub mod record;
 pub mod schedule;
 #[cfg(feature = "standin")]
@@ -28,7 +29,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::events::BootRetrying;
+use crate::events::{BootRetrying, QuotaPlanned};
 use crate::produce::Publisher;
 use crate::schedule::{first_due, Poller, RegionEnd, RegionLoop};
 
@@ -47,6 +48,18 @@ pub async fn run(
     let producer = std::sync::Arc::new(Publisher::producer(&config.kafka, config.produce_timeout)?);
     let backoff = Backoff::new(config.retry_initial_backoff, config.retry_max_backoff);
     let state_topic = config.state_topic();
+    let interval = match config.quota_plan() {
+        Ok(plan) => {
+            QuotaPlanned { plan: &plan }.emit();
+            plan.interval
+        }
+        // Only with --once (the configuration refused any other plan over the quota): each
+        // region is polled once, the interval only dates the state records.
+        Err(e) => {
+            tracing::warn!(error = %e, "The quota plan does not fit; polling once only");
+            std::time::Duration::from_secs(1800)
+        }
+    };
 
     // Start-up: each step is retried while its dependency is away (the connector serves
     // /healthz meanwhile and /readyz says what is missing); a refused schema is fatal.
@@ -106,7 +119,7 @@ pub async fn run(
     readiness.set_ready("kafka");
     readiness.set_ready("schema_registry");
     tracing::info!(topic = %config.topic, schema_id, regions = ?config.regions,
-        interval_s = config.poll_interval.as_secs(), "Source connector started");
+        interval_s = interval.as_secs(), "Source connector started");
 
     let now = Utc::now();
     let dues: Vec<_> = config
@@ -116,7 +129,7 @@ pub async fn run(
             let due = if config.once {
                 now
             } else {
-                first_due(last.get(region), config.poll_interval, now)
+                first_due(last.get(region), interval, now)
             };
             (region, due)
         })
@@ -138,7 +151,7 @@ pub async fn run(
     for (region, due) in dues {
         let region_loop = RegionLoop {
             region: region.clone(),
-            interval: config.poll_interval,
+            interval,
             backoff,
             once: config.once,
             shutdown_grace: config.shutdown_grace,

@@ -225,6 +225,8 @@ async fn run(interruption: Interruption, with_sink: bool) {
         ("YOUTUBE_API_KEY", "restart-test-key"),
         ("YOUTUBE_REGIONS", "FR,US"),
         ("POLL_INTERVAL", "2s"),
+        // Polls every 2 s against the stand-in: far over the real API's quota.
+        ("YOUTUBE_DAILY_QUOTA", "1000000000"),
         ("PRODUCE_TIMEOUT", "3s"),
         ("HTTP_ADDR", "127.0.0.1:0"),
     ]);

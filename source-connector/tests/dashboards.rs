@@ -73,6 +73,8 @@ async fn every_dashboard_query_returns_data_from_the_running_pipeline() {
         ("YOUTUBE_API_KEY", API_KEY),
         ("YOUTUBE_REGIONS", "FR,US"),
         ("POLL_INTERVAL", "4s"),
+        // Polls every few seconds against the stand-in: far over the real API's quota.
+        ("YOUTUBE_DAILY_QUOTA", "1000000000"),
         ("HTTP_ADDR", "127.0.0.1:9101"),
     ]);
     let group = unique("e2e-");

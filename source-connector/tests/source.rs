@@ -32,6 +32,9 @@ fn command(stack: &Stack, api: &StandIn, topic: &str, extra: &[(&str, &str)]) ->
         .env("YOUTUBE_API_BASE_URL", &api.url)
         .env("YOUTUBE_API_KEY", API_KEY)
         .env("YOUTUBE_REGIONS", "FR")
+        // Some tests poll every second against the stand-in: far over the real API's quota
+        // (the quota plan has tests of its own below, which set it back).
+        .env("YOUTUBE_DAILY_QUOTA", "1000000000")
         .env("KAFKA_TOPIC", topic)
         .env("KAFKA_BOOTSTRAP_SERVERS", &stack.kafka_bootstrap)
         .env("KAFKA_TOPIC_PARTITIONS", "3")
@@ -1172,4 +1175,62 @@ async fn a_rejected_key_in_long_running_mode_fails_readiness_and_keeps_serving_m
     assert!(source.wait(Duration::from_secs(30)).await.success());
     source.assert_key_not_logged();
     assert!(read_topic(&stack, &topic).await.is_empty());
+}
+
+/// The quota plan at start: regions and an interval over YOUTUBE_DAILY_QUOTA are refused with
+/// the numbers and the ways out (exit 2, nothing polled); `POLL_INTERVAL=auto` picks an
+/// interval that fits, says so, and exports the plan as a metric.
+#[tokio::test]
+async fn a_plan_over_the_quota_is_refused_and_auto_fits_it() {
+    let stack = Stack::from_env().unwrap();
+    let api = StandIn::start().await;
+    for r in ["FR", "US", "JP"] {
+        api.set_chart(r, 50);
+    }
+    let regions = ("YOUTUBE_REGIONS", "FR,US,JP");
+    let quota = ("YOUTUBE_DAILY_QUOTA", "10000");
+    let topic = unique("test-");
+    let mut refused = Source::spawn(
+        &stack,
+        &api,
+        &topic,
+        &[regions, quota, ("POLL_INTERVAL", "90s")],
+    );
+    let status = refused.wait(Duration::from_secs(30)).await;
+    assert_eq!(status.code(), Some(2), "{}", refused.logs());
+    let logs = refused.logs();
+    // 3 regions x (960 polls x 4 pages + 1) = 11,523 units a day.
+    assert!(
+        logs.contains("11523") && logs.contains("YOUTUBE_DAILY_QUOTA=10000"),
+        "{logs}"
+    );
+    assert!(logs.contains("POLL_INTERVAL=auto"), "{logs}");
+    assert_eq!(api.video_requests(), 0, "nothing polled");
+
+    let mut auto = Source::spawn(
+        &stack,
+        &api,
+        &topic,
+        &[regions, quota, ("POLL_INTERVAL", "auto")],
+    );
+    auto.wait_for_log("Quota plan", Duration::from_secs(30))
+        .await;
+    let plan = auto
+        .logs()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| l["message"] == "Quota plan")
+        .unwrap();
+    assert_eq!(plan["interval_chosen_by_auto"], true);
+    let units = plan["units_per_day"].as_u64().unwrap();
+    assert!(units <= 9000, "{plan}");
+    let (_, m) = auto.get("/metrics").await;
+    assert_eq!(
+        metric_sample(&m, "source_quota_plan_units_per_day", &[]),
+        Some(units as f64)
+    );
+    auto.wait_for_log("Poll published", Duration::from_secs(30))
+        .await;
+    auto.sigterm();
+    assert!(auto.wait(Duration::from_secs(30)).await.success());
 }
