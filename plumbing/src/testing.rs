@@ -189,7 +189,6 @@ impl Outage {
     /// whose path [`Outage::url`] keeps).
     pub async fn start(target: &str) -> Outage {
         use std::sync::atomic::Ordering;
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let target = target.trim_start_matches("http://").trim_end_matches('/');
         let (target, path) = match target.find('/') {
             Some(i) => (target[..i].to_string(), target[i..].to_string()),
@@ -204,56 +203,21 @@ impl Outage {
         let required_auth = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
         let (m, c, a) = (mode.clone(), connections.clone(), required_auth.clone());
         tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
+            while let Ok((inbound, _)) = listener.accept().await {
                 let target = target.clone();
                 let task = match m.load(Ordering::SeqCst) {
                     DOWN => {
                         drop(inbound);
                         continue;
                     }
-                    FAILING => tokio::spawn(async move {
-                        let body =
-                            r#"{"error_code":50001,"message":"Error in the backend datastore"}"#;
-                        let mut request = [0u8; 4096];
-                        let _ = inbound.read(&mut request).await;
-                        let answer = format!(
-                            "HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\n\
-                             content-length: {}\r\nconnection: close\r\n\r\n{body}",
-                            body.len()
-                        );
-                        let _ = inbound.write_all(answer.as_bytes()).await;
-                    }),
+                    FAILING => tokio::spawn(answer(
+                        inbound,
+                        "500 Internal Server Error",
+                        r#"{"error_code":50001,"message":"Error in the backend datastore"}"#,
+                    )),
                     _ => {
                         let required = a.lock().expect("auth").clone();
-                        tokio::spawn(async move {
-                            let mut head = vec![0u8; 16 * 1024];
-                            let n = match required {
-                                Some(_) => inbound.read(&mut head).await.unwrap_or(0),
-                                None => 0,
-                            };
-                            if let Some(expected) = required {
-                                let text = String::from_utf8_lossy(&head[..n]).to_lowercase();
-                                let wanted = format!("authorization: {}", expected.to_lowercase());
-                                if !text.contains(&wanted) {
-                                    let body = r#"{"error_code":401,"message":"Unauthorized"}"#;
-                                    let answer = format!(
-                                        "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\n\
-                                         content-length: {}\r\nconnection: close\r\n\r\n{body}",
-                                        body.len()
-                                    );
-                                    let _ = inbound.write_all(answer.as_bytes()).await;
-                                    return;
-                                }
-                            }
-                            if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await
-                            {
-                                if outbound.write_all(&head[..n]).await.is_ok() {
-                                    let _ =
-                                        tokio::io::copy_bidirectional(&mut inbound, &mut outbound)
-                                            .await;
-                                }
-                            }
-                        })
+                        tokio::spawn(forward(inbound, target, required))
                     }
                 };
                 c.lock().expect("connections").push(task.abort_handle());
@@ -298,6 +262,50 @@ impl Outage {
                 c.abort();
             }
         }
+    }
+}
+
+/// Reads the request (what fits in one read) and answers `status` with a JSON `body`, closing
+/// the connection, as a failing registry would.
+async fn answer(mut inbound: tokio::net::TcpStream, status: &str, body: &str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut request = [0u8; 4096];
+    let _ = inbound.read(&mut request).await;
+    let _ = inbound
+        .write_all(json_response(status, body).as_bytes())
+        .await;
+}
+
+fn json_response(status: &str, body: &str) -> String {
+    format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// Forwards the connection to `target`; with `required` set, only if its first request carries
+/// that `Authorization` header, else it is answered 401.
+async fn forward(mut inbound: tokio::net::TcpStream, target: String, required: Option<String>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut head = vec![0u8; 16 * 1024];
+    let mut n = 0;
+    if let Some(expected) = required {
+        n = inbound.read(&mut head).await.unwrap_or(0);
+        let text = String::from_utf8_lossy(&head[..n]).to_lowercase();
+        if !text.contains(&format!("authorization: {}", expected.to_lowercase())) {
+            let body = r#"{"error_code":401,"message":"Unauthorized"}"#;
+            let _ = inbound
+                .write_all(json_response("401 Unauthorized", body).as_bytes())
+                .await;
+            return;
+        }
+    }
+    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+        return;
+    };
+    if outbound.write_all(&head[..n]).await.is_ok() {
+        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
     }
 }
 
