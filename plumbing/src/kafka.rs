@@ -1,5 +1,5 @@
-//! Kafka client configuration shared by both connectors, topic creation, and a producer that
-//! is renewed after failed sends.
+//! Kafka client configuration shared by both connectors, topic creation, a producer that is
+//! renewed after failed sends, and a watch that keeps long-lived consumers connected.
 //!
 //! Every librdkafka property can be passed through (`KAFKA_PROPERTIES`), so users reach SASL_SSL
 //! clusters, tune batching or set a client id without a code change. The SASL password is the one
@@ -7,17 +7,21 @@
 //! be logged.
 
 use std::collections::HashMap;
+use std::ffi::CString;
 use std::path::PathBuf;
+use std::sync::Weak;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{Consumer, ConsumerContext};
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
 use secrecy::{ExposeSecret, SecretString};
+use tokio::task::JoinHandle;
 
 /// Kafka connection options shared by both connectors.
 #[derive(Debug, Clone, Args)]
@@ -234,6 +238,76 @@ impl RenewableProducer {
         tokio::task::spawn_blocking(move || drop((failed, old)));
     }
 }
+
+/// Keeps a long-lived consumer connected across librdkafka's lost-broker bug, for as long as
+/// `client` lives: returns the watching task (abort it with the client).
+///
+/// librdkafka (2.10 up to 2.15 at least; confluentinc/librdkafka#5301, open) forgets every
+/// broker it knows when a metadata response lists none, and then never reconnects: there is no
+/// broker left to ask, and its re-bootstrap does not trigger in that state. A single KRaft broker
+/// answers so for a moment after a pause or a restart (it is fenced until its controller sees it
+/// again). Seen here: after a 15 s freeze of the broker, the sink neither rejoined its group nor
+/// fetched again, with no error and `/readyz` green (`broker_restart.rs`, about 1 run in 4 under
+/// load). So every [`WATCH_INTERVAL`], a client that cannot fetch `topic`'s metadata is given
+/// its bootstrap servers again, as a re-bootstrap would; servers it still knows are not added
+/// twice, and an extra one is dropped again by the next metadata the broker answers.
+pub fn keep_bootstrapped<T, C>(client: Weak<T>, bootstrap: &str, topic: &str) -> JoinHandle<()>
+where
+    T: Consumer<C> + Send + Sync + 'static,
+    C: ConsumerContext + 'static,
+{
+    let Ok(servers) = CString::new(bootstrap) else {
+        // Unreachable: the same string was accepted as `bootstrap.servers`.
+        return tokio::spawn(async {});
+    };
+    let topic = topic.to_string();
+    tokio::spawn(async move {
+        let mut lost = false;
+        loop {
+            tokio::time::sleep(WATCH_INTERVAL).await;
+            let (client, servers, topic) = (client.clone(), servers.clone(), topic.clone());
+            let checked = tokio::task::spawn_blocking(move || {
+                let client = client.upgrade()?;
+                let reachable = client
+                    .client()
+                    .fetch_metadata(Some(&topic), Duration::from_secs(5))
+                    .is_ok();
+                if !reachable {
+                    // SAFETY: the handle is alive (`client` is held) and librdkafka copies the
+                    // list it is given.
+                    unsafe {
+                        rdkafka::bindings::rd_kafka_brokers_add(
+                            client.client().native_ptr(),
+                            servers.as_ptr(),
+                        );
+                    }
+                }
+                Some(reachable)
+            })
+            .await;
+            match checked {
+                Ok(Some(true)) if lost => {
+                    tracing::info!("Kafka metadata answers again");
+                    lost = false;
+                }
+                Ok(Some(false)) if !lost => {
+                    tracing::warn!(
+                        "No Kafka broker answers metadata requests: the bootstrap servers are \
+                         given to the client again, and again every {WATCH_INTERVAL:?} until one \
+                         answers"
+                    );
+                    lost = true;
+                }
+                Ok(Some(_)) => {}
+                // The client is gone (or the check panicked): nothing left to watch.
+                _ => return,
+            }
+        }
+    })
+}
+
+/// How often [`keep_bootstrapped`] checks its client.
+pub const WATCH_INTERVAL: Duration = Duration::from_secs(10);
 
 /// How a topic the connector owns should be created if missing.
 #[derive(Debug, Clone)]

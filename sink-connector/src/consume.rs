@@ -13,13 +13,15 @@
 //! processes them again and nothing is skipped.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use metrics::counter;
-use plumbing::kafka::KafkaArgs;
+use plumbing::kafka::{keep_bootstrapped, KafkaArgs};
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
-use rdkafka::error::KafkaResult;
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::OwnedMessage;
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use tokio::time::Instant;
 
@@ -91,7 +93,9 @@ pub const FETCH_SETTINGS: &[(&str, &str)] = &[
     ("fetch.queue.backoff.ms", "20"),
 ];
 
-pub fn consumer(kafka: &KafkaArgs, group: &str, topic: &str) -> anyhow::Result<SinkConsumer> {
+/// The sink's consumer, subscribed to `topic`, and watched by [`keep_bootstrapped`] while it
+/// lives.
+pub fn consumer(kafka: &KafkaArgs, group: &str, topic: &str) -> anyhow::Result<Arc<SinkConsumer>> {
     let consumer: SinkConsumer = kafka
         .client_config(
             &[
@@ -109,6 +113,12 @@ pub fn consumer(kafka: &KafkaArgs, group: &str, topic: &str) -> anyhow::Result<S
         .create_with_context(SinkContext::default())
         .map_err(plumbing::kafka::config_error)?;
     consumer.subscribe(&[topic])?;
+    let consumer = Arc::new(consumer);
+    keep_bootstrapped(
+        Arc::downgrade(&consumer),
+        &kafka.kafka_bootstrap_servers,
+        topic,
+    );
     Ok(consumer)
 }
 
@@ -127,10 +137,17 @@ pub async fn collect(
     let deadline = Instant::now() + max_wait;
     while batch.len() < max && bytes < max_bytes {
         match tokio::time::timeout_at(deadline, consumer.recv()).await {
-            Ok(m) => {
-                let m = m?.detach();
+            Ok(Ok(m)) => {
+                let m = m.detach();
                 bytes += size(&m);
                 batch.push(m);
+            }
+            // The records received so far are kept: librdkafka has moved past them, and
+            // dropping them would skip them for good. An error that lasts comes back at the
+            // next batch's first record.
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, records = batch.len(), "Consume error: the batch ends here");
+                break;
             }
             Err(_) => break,
         }
@@ -193,10 +210,35 @@ pub fn commit(consumer: &SinkConsumer, offsets: &[(String, i32, i64)]) -> KafkaR
     }
     drop(assignment);
     let n = tpl.count();
-    if n > 0 {
-        consumer.commit(&tpl, CommitMode::Sync)?;
+    if n == 0 {
+        return Ok(0);
     }
-    Ok(n)
+    match consumer.commit(&tpl, CommitMode::Sync) {
+        // The group moved on (a rebalance the consumer has not served yet): these offsets can
+        // never be committed, and retrying would wait forever, since the rebalance is served
+        // only when the sink polls again. The records are redone by their next owner.
+        Err(KafkaError::ConsumerCommit(code)) if moved_on(code) => {
+            tracing::info!(error = %code, offsets = n,
+                "Offsets not committed: the group rebalanced; the partitions' next owner \
+                 redoes these records (the same rows again)");
+            Ok(0)
+        }
+        Err(e) => Err(e),
+        Ok(()) => Ok(n),
+    }
+}
+
+/// Commit errors that mean the partitions are no longer this member's to commit.
+fn moved_on(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::AssignmentLost
+            | RDKafkaErrorCode::IllegalGeneration
+            | RDKafkaErrorCode::UnknownMemberId
+            | RDKafkaErrorCode::RebalanceInProgress
+            | RDKafkaErrorCode::FencedInstanceId
+            | RDKafkaErrorCode::StaleMemberEpoch
+    )
 }
 
 /// Stops fetching every owned partition (while a dependency is down) or starts again.
@@ -220,7 +262,7 @@ pub fn set_paused(consumer: &SinkConsumer, paused: bool) {
 /// 0, and while the sink is stuck and records keep arriving it grows. Commits only record their
 /// offsets here; the broker round trips run on a client of their own, off the pipeline.
 pub struct LagReporter {
-    committed: std::sync::Arc<std::sync::Mutex<HashMap<(String, i32), i64>>>,
+    committed: Arc<std::sync::Mutex<HashMap<(String, i32), i64>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -228,15 +270,19 @@ impl LagReporter {
     /// How often lag is measured: each measure asks the broker for every partition's watermarks.
     pub const INTERVAL: Duration = Duration::from_secs(5);
 
-    pub fn start(kafka: &KafkaArgs) -> anyhow::Result<Self> {
+    pub fn start(kafka: &KafkaArgs, topic: &str) -> anyhow::Result<Self> {
         // No group: this client only asks for watermarks.
         let client: rdkafka::consumer::BaseConsumer = kafka
             .client_config(&[("group.id", "youtube-trending-sink-lag")])?
             .create()
             .map_err(plumbing::kafka::config_error)?;
-        let client = std::sync::Arc::new(client);
-        let committed: std::sync::Arc<std::sync::Mutex<HashMap<(String, i32), i64>>> =
-            Default::default();
+        let client = Arc::new(client);
+        keep_bootstrapped(
+            Arc::downgrade(&client),
+            &kafka.kafka_bootstrap_servers,
+            topic,
+        );
+        let committed: Arc<std::sync::Mutex<HashMap<(String, i32), i64>>> = Default::default();
         let offsets = committed.clone();
         let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Self::INTERVAL);

@@ -44,7 +44,7 @@ use crate::write::Writer;
 pub const READINESS_CHECKS: &[&str] = &["kafka", "postgres", "schema_registry"];
 
 struct Sink {
-    consumer: SinkConsumer,
+    consumer: std::sync::Arc<SinkConsumer>,
     decoder: Decoder,
     writer: Writer,
     dlq: DeadLetters,
@@ -123,7 +123,7 @@ pub async fn run(
         readiness,
         backoff,
         tolerance: config.errors_tolerance,
-        lag: consume::LagReporter::start(&config.kafka)?,
+        lag: consume::LagReporter::start(&config.kafka, &config.topic)?,
         fetch_holders: std::sync::Mutex::new(0),
     };
     tracing::info!(topic = %config.topic, group = %config.group_id, dlq = sink.dlq.topic(),

@@ -180,17 +180,11 @@ async fn a_broker_frozen_mid_poll_makes_the_source_retry_whole_and_recover() {
 }
 
 #[tokio::test]
-#[ignore = "flaky on a loaded machine (about 1 run in 4 here): after the broker comes back the sink \
-            sometimes neither rejoins nor fetches again for over a minute; issue 15's note has the \
-            logs and what was fixed so far"]
 async fn a_broker_frozen_mid_stream_the_sink_resumes_from_its_offsets() {
     run(Interruption::Freeze(FREEZE), true).await;
 }
 
 #[tokio::test]
-#[ignore = "flaky on a loaded machine (about 1 run in 4 here): after the broker comes back the sink \
-            sometimes neither rejoins nor fetches again for over a minute; issue 15's note has the \
-            logs and what was fixed so far"]
 async fn a_broker_restarted_mid_stream_loses_nothing_and_reports_no_partial_chart() {
     run(Interruption::Restart, true).await;
 }
