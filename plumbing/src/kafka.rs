@@ -87,7 +87,8 @@ impl KafkaArgs {
             bail!(
                 "`{k}` cannot be set in KAFKA_PROPERTIES: the connectors' delivery guarantees \
                  (nothing lost, nothing committed before it is written) depend on their own \
-                 value; remove it (the sink's group is KAFKA_GROUP_ID)"
+                 value; remove it (the sink's group is KAFKA_GROUP_ID, the source's \
+                 transactional id KAFKA_TRANSACTIONAL_ID)"
             );
         }
         let mut config = ClientConfig::new();
@@ -148,13 +149,16 @@ fn without_values(text: &str) -> String {
 }
 
 /// Properties the connectors set themselves and their guarantees rest on: an idempotent,
-/// all-replica producer, and a consumer that starts a new group at the beginning of the topic
-/// and whose offsets move only when the sink commits them after the rows are written, in the
-/// group the replay tool works on. Aliases included.
+/// all-replica, transactional producer, and a consumer that reads committed transactions only,
+/// starts a new group at the beginning of the topic and whose offsets move only when the sink
+/// commits them after the rows are written, in the group the replay tool works on. Aliases
+/// included.
 const PINNED: &[&str] = &[
     "acks",
     "request.required.acks",
     "enable.idempotence",
+    "transactional.id",
+    "isolation.level",
     "enable.auto.commit",
     "enable.auto.offset.store",
     "auto.offset.reset",
@@ -173,7 +177,7 @@ fn is_secret(key: &str) -> bool {
         || key == "ssl.key.pem"
 }
 
-/// A producer replaced by a fresh one after a failed send, shared by the connectors' producers.
+/// A producer replaced by a fresh one after a failed send (the sink's dead-letter producer).
 ///
 /// An idempotent producer whose sends timed out may not publish again: librdkafka must drain
 /// its in-flight requests and bump the producer epoch before it sends more, and with new
@@ -380,6 +384,8 @@ mod tests {
             "acks=1",
             "request.required.acks=1",
             "enable.idempotence=false",
+            "transactional.id=other",
+            "isolation.level=read_uncommitted",
             "enable.auto.commit=true",
             "enable.auto.offset.store=true",
             "auto.offset.reset=latest",

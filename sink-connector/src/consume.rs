@@ -104,6 +104,9 @@ pub fn consumer(kafka: &KafkaArgs, group: &str, topic: &str) -> anyhow::Result<A
                 ("enable.auto.offset.store", "false"),
                 ("auto.offset.reset", "earliest"),
                 ("session.timeout.ms", "10000"),
+                // Records of aborted or still open transactions are never delivered: a failed
+                // poll of the source shows nowhere (librdkafka's default, pinned).
+                ("isolation.level", "read_committed"),
             ]
             .iter()
             .chain(FETCH_SETTINGS)
@@ -122,16 +125,26 @@ pub fn consumer(kafka: &KafkaArgs, group: &str, topic: &str) -> anyhow::Result<A
     Ok(consumer)
 }
 
+/// How long the sink waits for a record before it counts as idle (see [`collect`]).
+pub const IDLE: Duration = Duration::from_secs(1);
+
 /// Collects up to `max` records or `max_bytes` of keys and values (the record that crosses it
-/// is the last), waiting at most `max_wait` after the first one.
+/// is the last), waiting at most `max_wait` after the first one. While no record comes,
+/// `on_idle` runs every [`IDLE`].
 pub async fn collect(
     consumer: &SinkConsumer,
     max: usize,
     max_bytes: usize,
     max_wait: Duration,
+    on_idle: impl Fn(),
 ) -> KafkaResult<Vec<OwnedMessage>> {
     let mut batch = Vec::new();
-    let first = consumer.recv().await?.detach();
+    let first = loop {
+        match tokio::time::timeout(IDLE, consumer.recv()).await {
+            Ok(m) => break m?.detach(),
+            Err(_) => on_idle(),
+        }
+    };
     let mut bytes = size(&first);
     batch.push(first);
     let deadline = Instant::now() + max_wait;
@@ -241,6 +254,35 @@ fn moved_on(code: RDKafkaErrorCode) -> bool {
     )
 }
 
+/// Commits the consumer's position where it is past the offset the sink last committed, and
+/// returns what it committed. Call it only with no batch in flight: then every record before
+/// the position is written and committed, and what lies between is transaction markers (the
+/// last offset of a transactional topic is always one), never delivered. Without this the
+/// group would show a lag of 1 on every partition for good.
+pub fn commit_positions(
+    consumer: &SinkConsumer,
+    lag: &LagReporter,
+) -> KafkaResult<Vec<(String, i32, i64)>> {
+    let positions = consumer.position()?;
+    let mut offsets = Vec::new();
+    for e in positions.elements() {
+        if let Offset::Offset(position) = e.offset() {
+            if lag
+                .last_committed(e.topic(), e.partition())
+                .is_some_and(|c| position > c)
+            {
+                offsets.push((e.topic().to_string(), e.partition(), position));
+            }
+        }
+    }
+    drop(positions);
+    if !offsets.is_empty() && commit(consumer, &offsets)? < offsets.len() {
+        // Some partitions moved: their new owner commits for itself.
+        offsets.clear();
+    }
+    Ok(offsets)
+}
+
 /// Stops fetching every owned partition (while a dependency is down) or starts again.
 pub fn set_paused(consumer: &SinkConsumer, paused: bool) {
     let mut wanted = consumer.context().paused.lock().expect("pause lock");
@@ -257,7 +299,8 @@ pub fn set_paused(consumer: &SinkConsumer, paused: bool) {
     }
 }
 
-/// Reports the group's lag per partition (high watermark minus the offset the sink committed)
+/// Reports the group's lag per partition (end offset minus the offset the sink committed; the
+/// end is the last stable offset, as the lag client reads committed transactions only)
 /// every [`LagReporter::INTERVAL`], also while no batch comes: after a drain the gauge reaches
 /// 0, and while the sink is stuck and records keep arriving it grows. Commits only record their
 /// offsets here; the broker round trips run on a client of their own, off the pipeline.
@@ -273,7 +316,10 @@ impl LagReporter {
     pub fn start(kafka: &KafkaArgs, topic: &str) -> anyhow::Result<Self> {
         // No group: this client only asks for watermarks.
         let client: rdkafka::consumer::BaseConsumer = kafka
-            .client_config(&[("group.id", "youtube-trending-sink-lag")])?
+            .client_config(&[
+                ("group.id", "youtube-trending-sink-lag"),
+                ("isolation.level", "read_committed"),
+            ])?
             .create()
             .map_err(plumbing::kafka::config_error)?;
         let client = Arc::new(client);
@@ -313,6 +359,15 @@ impl LagReporter {
             }
         });
         Ok(LagReporter { committed, task })
+    }
+
+    /// The offset this sink last committed for a partition, if it committed one.
+    pub fn last_committed(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.committed
+            .lock()
+            .expect("lag offsets lock")
+            .get(&(topic.to_string(), partition))
+            .copied()
     }
 
     /// Offsets just committed (topic, partition, next offset).

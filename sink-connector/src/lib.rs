@@ -54,6 +54,8 @@ struct Sink {
     lag: consume::LagReporter,
     /// Stages waiting for a dependency; fetching is paused while there is one.
     fetch_holders: std::sync::Mutex<usize>,
+    /// A batch is being written and committed.
+    finishing: std::sync::atomic::AtomicBool,
 }
 
 /// Runs the sink until `shutdown` (then returns `Ok(true)`). Returns an error on a poison record
@@ -125,6 +127,7 @@ pub async fn run(
         tolerance: config.errors_tolerance,
         lag: consume::LagReporter::start(&config.kafka, &config.topic)?,
         fetch_holders: std::sync::Mutex::new(0),
+        finishing: std::sync::atomic::AtomicBool::new(false),
     };
     tracing::info!(topic = %config.topic, group = %config.group_id, dlq = sink.dlq.topic(),
         batch_max_records = config.batch_max_records, "Sink connector started");
@@ -135,11 +138,16 @@ pub async fn run(
     let mut pending: Option<Prepared> = None;
     let result = loop {
         let previous = pending.take();
+        sink.finishing
+            .store(previous.is_some(), std::sync::atomic::Ordering::SeqCst);
         let finishing = async {
-            match previous {
+            let finished = match previous {
                 Some(p) => sink.finish(p).await,
                 None => Ok(()),
-            }
+            };
+            sink.finishing
+                .store(false, std::sync::atomic::Ordering::SeqCst);
+            finished
         };
         let preparing = async {
             let batch = sink.collect(&config).await;
@@ -212,6 +220,7 @@ impl Sink {
                 config.batch_max_records,
                 config.batch_max_bytes,
                 config.batch_max_wait,
+                || self.idle(),
             )
         })
         .await;
@@ -220,6 +229,25 @@ impl Sink {
             self.readiness.set_ready("kafka");
         }
         batch
+    }
+
+    /// Nothing to read: once no batch is in flight, the offsets move past the transaction
+    /// markers that end each partition (see [`consume::commit_positions`]).
+    fn idle(&self) {
+        if self.finishing.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        match consume::commit_positions(&self.consumer, &self.lag) {
+            Ok(offsets) if !offsets.is_empty() => {
+                tracing::debug!(
+                    ?offsets,
+                    "Idle: committed the positions past transaction markers"
+                );
+                self.lag.committed(&offsets);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "Idle: could not commit the positions"),
+        }
     }
 
     /// Decodes a batch, waiting while the registry is unavailable; fails on a poison record

@@ -91,6 +91,13 @@ pub struct Config {
     #[arg(long, env = "SOURCE_STATE_TOPIC")]
     pub state_topic: Option<String>,
 
+    /// Kafka transactional id of this source (default: `<KAFKA_TOPIC>.source`). Each poll is
+    /// one transaction; a second source started with the same id fences this one, which stops
+    /// (exit 1) rather than polling the same charts twice. Sources meant to run side by side
+    /// (other regions, another topic) each need their own.
+    #[arg(long, env = "KAFKA_TRANSACTIONAL_ID")]
+    pub transactional_id: Option<String>,
+
     /// How long a whole poll may wait for the broker to acknowledge its records before it is
     /// failed and retried, e.g. `60s`.
     #[arg(long, env = "PRODUCE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
@@ -165,6 +172,12 @@ impl Config {
             .unwrap_or_else(|| format!("{}.source-state", self.topic))
     }
 
+    pub fn transactional_id(&self) -> String {
+        self.transactional_id
+            .clone()
+            .unwrap_or_else(|| format!("{}.source", self.topic))
+    }
+
     /// The API key, from YOUTUBE_API_KEY_FILE or YOUTUBE_API_KEY.
     pub fn api_key(&self) -> anyhow::Result<SecretString> {
         plumbing::secret::from_env_or_file(
@@ -201,6 +214,7 @@ mod tests {
         );
         assert_eq!(c.daily_quota, 10_000);
         assert_eq!(c.state_topic(), "youtube_trending.source-state");
+        assert_eq!(c.transactional_id(), "youtube_trending.source");
         let c = Config::try_parse_from([
             "x",
             "--regions",

@@ -107,7 +107,7 @@ impl PollCompleted<'_> {
 /// A poll failed; what happens next is in `next`.
 pub struct PollFailed<'a> {
     pub region: &'a str,
-    /// Bounded label: an `ApiError::kind`, `produce`, `encode` or `state`.
+    /// Bounded label: an `ApiError::kind`, `produce`, `encode`, `state` or `fenced`.
     pub kind: &'static str,
     pub error: &'a dyn std::fmt::Display,
     pub next: NextStep,
@@ -122,6 +122,9 @@ pub enum NextStep {
     Parked,
     /// `--once`: the run ends with a failure.
     GiveUp,
+    /// The source was fenced by another with the same transactional id: every region stops
+    /// (the connector says so once, as it exits).
+    Stop,
 }
 
 impl PollFailed<'_> {
@@ -132,8 +135,8 @@ impl PollFailed<'_> {
             NextStep::RetryIn(d) => tracing::warn!(
                 region = self.region, kind = self.kind, error = %self.error,
                 retry_in_s = d.as_secs(),
-                "Poll failed, not recorded as a success (if it failed while publishing, part of \
-                 its chart may be in the topic under its fetched_at); retrying the whole poll"
+                "Poll failed, not recorded as a success, nothing of it published; retrying the \
+                 whole poll"
             ),
             NextStep::WaitForQuotaReset(at) => tracing::error!(
                 region = self.region, error = %self.error, resumes_at = %at,
@@ -147,8 +150,9 @@ impl PollFailed<'_> {
                 region = self.region, kind = self.kind, error = %self.error,
                 "Poll failed"
             ),
+            NextStep::Stop => tracing::debug!(region = self.region, "Region stopped: fenced"),
         }
-        if matches!(self.kind, "produce" | "encode") {
+        if matches!(self.kind, "produce" | "encode" | "state") {
             counter!("source_produce_errors_total").increment(1);
         }
     }

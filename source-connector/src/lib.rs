@@ -2,9 +2,10 @@
 //!
 //! Stages, one module each, in data-flow order:
 //! [`config`] → [`youtube`] (API client and response types) → [`record`] (mapping to the
-//! TrendingVideo record) → [`produce`] (registry + idempotent producer) → [`state`] (last
-//! successful poll per region), driven by [`schedule`] (one loop per region). [`events`] is what
-//! it tells operators (logs and metrics together).
+//! TrendingVideo record) → [`produce`] (registry, and one Kafka [`transaction`] per poll holding
+//! its records and its [`state`] record: the last successful poll per region), driven by
+//! [`schedule`] (one loop per region). [`events`] is what it tells operators (logs and metrics
+//! together).
 
 pub mod config;
 pub mod events;
@@ -15,6 +16,7 @@ pub mod schedule;
 #[cfg(feature = "standin")]
 pub mod standin;
 pub mod state;
+pub mod transaction;
 pub mod youtube;
 
 use std::collections::HashMap;
@@ -32,6 +34,7 @@ use crate::config::Config;
 use crate::events::{BootRetrying, QuotaPlanned};
 use crate::produce::Publisher;
 use crate::schedule::{first_due, Poller, RegionEnd, RegionLoop};
+use crate::transaction::{TransactionError, Transactions};
 
 /// The dependencies `/readyz` reports on.
 pub const READINESS_CHECKS: &[&str] = &["kafka", "schema_registry", "youtube_api"];
@@ -45,7 +48,11 @@ pub async fn run(
 ) -> anyhow::Result<bool> {
     let key = config.api_key()?;
     let client = youtube::Client::new(&config, key).context("building the HTTP client")?;
-    let producer = std::sync::Arc::new(Publisher::producer(&config.kafka, config.produce_timeout)?);
+    let transactions = Transactions::new(
+        &config.kafka,
+        &config.transactional_id(),
+        config.produce_timeout,
+    )?;
     let backoff = Backoff::new(config.retry_initial_backoff, config.retry_max_backoff);
     let state_topic = config.state_topic();
     let interval = match config.quota_plan() {
@@ -92,15 +99,23 @@ pub async fn run(
             &readiness,
             "schema_registry",
             || async {
-                match Publisher::register(
-                    producer.clone(),
-                    &registry_settings,
-                    &config.topic,
-                    config.produce_timeout,
-                )
-                .await
-                {
+                match Publisher::register(&registry_settings, &config.topic).await {
                     Err(e) if !e.is_retriable() => Ok(Err(e)),
+                    other => other.map(Ok),
+                }
+            },
+        )
+        .await?;
+        // Fences a source already running with the same transactional id, now rather than at
+        // its next poll; being fenced is permanent too.
+        retry_boot(
+            "init_transactions",
+            &backoff,
+            &readiness,
+            "kafka",
+            || async {
+                match transactions.init().await {
+                    Err(e @ TransactionError::Fenced(_)) => Ok(Err(e)),
                     other => other.map(Ok),
                 }
             },
@@ -112,7 +127,7 @@ pub async fn run(
         .await;
         anyhow::Ok((registered, last))
     };
-    let ((publisher, schema_id), last) = tokio::select! {
+    let ((strategy, schema_id), last) = tokio::select! {
         r = boot => r?,
         _ = shutdown.cancelled() => return Ok(true),
     };
@@ -140,13 +155,17 @@ pub async fn run(
         // checked yet" until then, the source would be unready all that time.
         readiness.set_ready("youtube_api");
     }
-    let poller = Arc::new(Poller::new(
-        client,
-        publisher,
-        state_topic,
+    let publisher = Publisher::new(
+        transactions,
+        &registry_settings,
+        strategy,
+        &config.topic,
+        &state_topic,
         config.produce_timeout,
-        readiness,
-    ));
+    );
+    let poller = Arc::new(Poller::new(client, publisher, readiness.clone()));
+    // Cancelled at shutdown, or when the source is fenced (every region stops).
+    let stop = shutdown.child_token();
     let mut tasks = JoinSet::new();
     for (region, due) in dues {
         let region_loop = RegionLoop {
@@ -156,13 +175,23 @@ pub async fn run(
             once: config.once,
             shutdown_grace: config.shutdown_grace,
         };
-        tasks.spawn(region_loop.run(poller.clone(), due, shutdown.clone()));
+        tasks.spawn(region_loop.run(poller.clone(), due, stop.clone()));
     }
     let mut all_ok = true;
+    let mut fenced = false;
     while let Some(end) = tasks.join_next().await {
-        all_ok &= end.context("a region loop panicked")? == RegionEnd::Done;
+        let end = end.context("a region loop panicked")?;
+        if end == RegionEnd::Fenced && !fenced {
+            fenced = true;
+            stop.cancel();
+        }
+        all_ok &= end == RegionEnd::Done;
     }
-    poller.publisher.flush(std::time::Duration::from_secs(5));
+    if fenced {
+        let e = TransactionError::Fenced(config.transactional_id());
+        readiness.set_not_ready("kafka", e.to_string());
+        return Err(e.into());
+    }
     if config.once {
         return Ok(all_ok);
     }

@@ -1,23 +1,25 @@
 //! Publishing: the schema is registered under `<topic>-value` at start-up, each record is
-//! encoded in the Confluent wire format by schema_registry_converter, and a poll's records are
-//! sent by an idempotent producer with `acks=all`. [`Publisher::publish`] returns only when
-//! every record of the poll is acknowledged by the broker, or fails as a whole: the caller then
-//! redoes the poll whole (duplicates are harmless downstream, loss is not).
+//! encoded in the Confluent wire format by schema_registry_converter, and a poll's records and
+//! its state record are sent in one Kafka [`transaction`](crate::transaction).
+//! [`Publisher::publish`] returns only when that transaction is committed, or fails as a whole
+//! with nothing of the poll visible to `read_committed` readers: the caller then redoes the poll
+//! whole.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::try_join_all;
-use plumbing::kafka::{KafkaArgs, RenewableProducer};
 use plumbing::registry;
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{FutureRecord, Producer};
+use rdkafka::producer::FutureRecord;
 use schema_registry_converter::async_impl::avro::AvroEncoder;
 use schema_registry_converter::async_impl::schema_registry::{post_schema, SrSettings};
 use schema_registry_converter::avro_common::get_supplied_schema;
 use schema_registry_converter::error::SRCError;
 use schema_registry_converter::schema_registry_common::SubjectNameStrategy;
 use schemas::TrendingVideo;
+
+use crate::state::{self, RegionState};
+use crate::transaction::{TransactionError, Transactions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProduceError {
@@ -34,12 +36,25 @@ pub enum ProduceError {
     Kafka(#[from] KafkaError),
     #[error("the broker did not acknowledge every record within {0:?}")]
     Timeout(Duration),
+    #[error("saving the schedule state failed: {0:#}")]
+    State(anyhow::Error),
+    #[error(transparent)]
+    Transaction(#[from] TransactionError),
 }
 
 impl ProduceError {
-    /// Everything but a refused schema may succeed later.
+    /// Everything but a refused schema or a fenced source may succeed later.
     pub fn is_retriable(&self) -> bool {
-        !matches!(self, ProduceError::SchemaRejected { .. })
+        !matches!(
+            self,
+            ProduceError::SchemaRejected { .. }
+                | ProduceError::Transaction(TransactionError::Fenced(_))
+        )
+    }
+
+    /// Another source took over this one's transactional id: the whole source stops.
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, ProduceError::Transaction(TransactionError::Fenced(_)))
     }
 }
 
@@ -57,60 +72,59 @@ fn registry_error(subject: &str, e: SRCError) -> ProduceError {
 }
 
 pub struct Publisher {
-    /// Replaced after a failed publish, so the poll's retry starts on a clean one.
-    producer: Arc<RenewableProducer>,
+    transactions: Transactions,
     encoder: AvroEncoder<'static>,
     strategy: SubjectNameStrategy,
     topic: String,
+    state_topic: String,
     timeout: Duration,
 }
 
 impl Publisher {
-    /// The idempotent producer. Creating it does not contact the broker.
-    pub fn producer(kafka: &KafkaArgs, timeout: Duration) -> anyhow::Result<RenewableProducer> {
-        let timeout_ms = timeout.as_millis().to_string();
-        let config = kafka.client_config(&[
-            ("enable.idempotence", "true"),
-            ("acks", "all"),
-            ("compression.type", "lz4"),
-            // A poll's records leave in a few batches rather than one request each.
-            ("linger.ms", "20"),
-            ("message.timeout.ms", &timeout_ms),
-        ])?;
-        RenewableProducer::new(config)
-    }
-
     /// Registers the schema under `<topic>-value`; fails with [`ProduceError::SchemaRejected`]
     /// when the registry finds it incompatible with the subject's latest version.
     pub async fn register(
-        producer: Arc<RenewableProducer>,
         settings: &SrSettings,
         topic: &str,
-        timeout: Duration,
-    ) -> Result<(Self, u32), ProduceError> {
+    ) -> Result<(SubjectNameStrategy, u32), ProduceError> {
         let settings = settings.clone();
         let subject = format!("{topic}-value");
         let supplied = get_supplied_schema(schemas::schema());
         let registered = post_schema(&settings, subject.clone(), supplied.clone())
             .await
             .map_err(|e| registry_error(&subject, e))?;
-        let publisher = Publisher {
-            producer,
-            encoder: AvroEncoder::new(settings),
-            strategy: SubjectNameStrategy::TopicNameStrategyWithSchema(
-                topic.to_string(),
-                false,
-                supplied,
-            ),
-            topic: topic.to_string(),
-            timeout,
-        };
-        Ok((publisher, registered.id))
+        let strategy =
+            SubjectNameStrategy::TopicNameStrategyWithSchema(topic.to_string(), false, supplied);
+        Ok((strategy, registered.id))
     }
 
-    /// Encodes and sends every record, keyed by video id, and waits until the broker has
-    /// acknowledged all of them.
-    pub async fn publish(&self, records: &[TrendingVideo]) -> Result<(), ProduceError> {
+    /// Publishes to `topic` with the registered schema (`strategy`), the state records to
+    /// `state_topic`, in the transactions of `transactions`.
+    pub fn new(
+        transactions: Transactions,
+        settings: &SrSettings,
+        strategy: SubjectNameStrategy,
+        topic: &str,
+        state_topic: &str,
+        timeout: Duration,
+    ) -> Self {
+        Publisher {
+            transactions,
+            encoder: AvroEncoder::new(settings.clone()),
+            strategy,
+            topic: topic.to_string(),
+            state_topic: state_topic.to_string(),
+            timeout,
+        }
+    }
+
+    /// Encodes every record, then sends them, keyed by video id, and the poll's state record
+    /// in one transaction, and returns once it is committed.
+    pub async fn publish(
+        &self,
+        records: &[TrendingVideo],
+        state: &RegionState,
+    ) -> Result<(), ProduceError> {
         let mut encoded = Vec::with_capacity(records.len());
         for r in records {
             let bytes = self
@@ -129,8 +143,8 @@ impl Publisher {
                 })?;
             encoded.push((r.video_id.as_str(), bytes));
         }
-        self.producer
-            .send_with(async |producer| {
+        self.transactions
+            .run(async |producer| {
                 let sends = encoded.iter().map(|(key, value)| async move {
                     producer
                         .send(
@@ -143,22 +157,12 @@ impl Publisher {
                 });
                 tokio::time::timeout(self.timeout, try_join_all(sends))
                     .await
-                    .map_err(|_| ProduceError::Timeout(self.timeout))?
-                    .map(|_| ())
+                    .map_err(|_| ProduceError::Timeout(self.timeout))??;
+                state::save(producer, &self.state_topic, state, self.timeout)
+                    .await
+                    .map_err(ProduceError::State)
             })
             .await
-    }
-
-    /// Waits for anything still queued in the producer, at shutdown.
-    pub fn flush(&self, timeout: Duration) {
-        if let Err(e) = self.producer.get().flush(timeout) {
-            tracing::warn!(error = %e, "Producer flush at shutdown did not complete");
-        }
-    }
-
-    /// The producer the state records are sent with (shared with the charts').
-    pub fn renewable_producer(&self) -> &RenewableProducer {
-        &self.producer
     }
 }
 

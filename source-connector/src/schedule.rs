@@ -2,10 +2,11 @@
 //!
 //! A region is polled at start unless its last successful poll (from the state topic) is less
 //! than one interval old, then every `POLL_INTERVAL` after the start of its last successful
-//! poll. A poll is all or nothing: categories and every page are read, every record is
-//! acknowledged by the broker, and only then is the success recorded. A failed poll publishes
-//! nothing new that counts: it is redone whole after a backoff, after the quota reset, or never
-//! (a rejected key or a region without a chart) as its error says.
+//! poll. A poll is all or nothing: categories and every page are read, then every record and
+//! the success record are published in one Kafka transaction. A failed poll publishes nothing
+//! that `read_committed` readers see: it is redone whole after a backoff, after the quota reset,
+//! or never (a rejected key or a region without a chart) as its error says; a fenced source
+//! stops altogether.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -19,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::events::{NextStep, PollCompleted, PollFailed, StateFromTheFuture};
 use crate::produce::{ProduceError, Publisher};
 use crate::record::chart_records;
-use crate::state::{self, RegionState};
+use crate::state::RegionState;
 use crate::youtube::{ApiError, Client};
 
 /// Categories are refetched once a day per region.
@@ -31,8 +32,6 @@ pub enum PollError {
     Api(#[from] ApiError),
     #[error(transparent)]
     Produce(#[from] ProduceError),
-    #[error("{0:#}")]
-    State(anyhow::Error),
 }
 
 impl PollError {
@@ -40,8 +39,9 @@ impl PollError {
         match self {
             PollError::Api(e) => e.kind(),
             PollError::Produce(ProduceError::Encode(_)) => "encode",
+            PollError::Produce(ProduceError::State(_)) => "state",
+            PollError::Produce(e) if e.is_fenced() => "fenced",
             PollError::Produce(_) => "produce",
-            PollError::State(_) => "state",
         }
     }
 }
@@ -53,25 +53,15 @@ type Categories = Arc<HashMap<String, String>>;
 pub struct Poller {
     pub client: Client,
     pub publisher: Publisher,
-    pub state_topic: String,
-    pub produce_timeout: Duration,
     pub readiness: Readiness,
     categories: Mutex<HashMap<String, (Instant, Categories)>>,
 }
 
 impl Poller {
-    pub fn new(
-        client: Client,
-        publisher: Publisher,
-        state_topic: String,
-        produce_timeout: Duration,
-        readiness: Readiness,
-    ) -> Self {
+    pub fn new(client: Client, publisher: Publisher, readiness: Readiness) -> Self {
         Poller {
             client,
             publisher,
-            state_topic,
-            produce_timeout,
             readiness,
             categories: Mutex::new(HashMap::new()),
         }
@@ -84,20 +74,13 @@ impl Poller {
         let videos = self.client.chart(region).await?;
         self.readiness.set_ready("youtube_api");
         let records = chart_records(videos, region, fetched_at, &categories);
-        self.publisher.publish(&records).await?;
-        self.readiness.set_ready("schema_registry");
         let saved = RegionState {
             region: region.to_string(),
             last_success_at: fetched_at,
             videos: records.len(),
         };
-        self.publisher
-            .renewable_producer()
-            .send_with(async |producer| {
-                state::save(producer, &self.state_topic, &saved, self.produce_timeout).await
-            })
-            .await
-            .map_err(PollError::State)?;
+        self.publisher.publish(&records, &saved).await?;
+        self.readiness.set_ready("schema_registry");
         self.readiness.set_ready("kafka");
         PollCompleted {
             region,
@@ -140,10 +123,15 @@ impl Poller {
                 self.readiness
                     .set_not_ready("schema_registry", error.to_string());
             }
-            PollError::Produce(_) | PollError::State(_) => {
+            PollError::Produce(_) => {
                 self.readiness.set_not_ready("kafka", error.to_string());
             }
             _ => {}
+        }
+        if let PollError::Produce(e) = error {
+            if e.is_fenced() {
+                return NextStep::Stop;
+            }
         }
         if once {
             return NextStep::GiveUp;
@@ -206,6 +194,8 @@ pub enum RegionEnd {
     Done,
     /// `--once` failed, or the region was parked.
     Failed,
+    /// Another source took over the transactional id: the whole source stops.
+    Fenced,
 }
 
 pub struct RegionLoop {
@@ -277,6 +267,7 @@ impl RegionLoop {
                         }
                         NextStep::WaitForQuotaReset(at) => due = at,
                         NextStep::Parked | NextStep::GiveUp => return RegionEnd::Failed,
+                        NextStep::Stop => return RegionEnd::Fenced,
                     }
                     if shutdown.is_cancelled() {
                         return RegionEnd::Done;

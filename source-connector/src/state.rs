@@ -1,8 +1,8 @@
 //! The schedule's memory: the time of each region's last successful poll, kept in a compacted
 //! Kafka topic the connector owns (as Kafka Connect keeps source offsets). Key = region code,
 //! value = JSON `{"region":"FR","last_success_at":"…","videos":200}`, readable with any Kafka
-//! tool. Written only after every record of the poll is acknowledged, so a poll that did not
-//! complete is redone after a restart.
+//! tool. Written in the poll's own transaction, so it is visible exactly when the poll's records
+//! are, and a poll that did not complete is redone after a restart.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -11,6 +11,7 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use plumbing::kafka::KafkaArgs;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
@@ -33,9 +34,16 @@ pub async fn load(kafka: &KafkaArgs, topic: &str) -> anyhow::Result<HashMap<Stri
 
 fn load_blocking(kafka: &KafkaArgs, topic: &str) -> anyhow::Result<HashMap<String, RegionState>> {
     const TIMEOUT: Duration = Duration::from_secs(15);
-    // No group: this reader owns no offsets, it reads everything each start.
+    // No group: this reader owns no offsets, it reads everything each start. Committed
+    // transactions only, and told when it reaches the end: the topic's last offset is a
+    // transaction marker, never delivered, so "the last record read" cannot say so.
     let consumer: BaseConsumer = kafka
-        .client_config(&[("enable.auto.commit", "false"), ("group.id", "unused")])?
+        .client_config(&[
+            ("enable.auto.commit", "false"),
+            ("group.id", "unused"),
+            ("isolation.level", "read_committed"),
+            ("enable.partition.eof", "true"),
+        ])?
         .create()
         .map_err(plumbing::kafka::config_error)?;
     let (low, high) = consumer
@@ -53,12 +61,13 @@ fn load_blocking(kafka: &KafkaArgs, topic: &str) -> anyhow::Result<HashMap<Strin
     loop {
         anyhow::ensure!(
             std::time::Instant::now() < deadline,
-            "reading the state topic `{topic}` did not reach its end ({high}) within 60s"
+            "reading the state topic `{topic}` did not reach its end within 60s"
         );
-        let Some(message) = consumer.poll(Duration::from_millis(500)) else {
-            continue;
+        let message = match consumer.poll(Duration::from_millis(500)) {
+            None => continue,
+            Some(Err(KafkaError::PartitionEOF(_))) => return Ok(state),
+            Some(m) => m.with_context(|| format!("reading the state topic `{topic}`"))?,
         };
-        let message = message.with_context(|| format!("reading the state topic `{topic}`"))?;
         if let Some(value) = message.payload() {
             match serde_json::from_slice::<RegionState>(value) {
                 Ok(s) => {
@@ -68,15 +77,11 @@ fn load_blocking(kafka: &KafkaArgs, topic: &str) -> anyhow::Result<HashMap<Strin
                     "Ignoring an unreadable record of the state topic"),
             }
         }
-        // The high watermark read above is the end: compaction keeps the newest record of
-        // each key, so the record just before it is never removed.
-        if message.offset() + 1 >= high {
-            return Ok(state);
-        }
     }
 }
 
-/// Records a successful poll and waits for the broker's acknowledgement.
+/// Records a successful poll (inside its transaction) and waits for the broker's
+/// acknowledgement.
 pub async fn save(
     producer: &FutureProducer,
     topic: &str,

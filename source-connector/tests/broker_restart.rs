@@ -80,6 +80,14 @@ fn sigterm(child: &Child) {
     signal(child, "-TERM");
 }
 
+/// Waits for `child` to exit after a signal, for at most 60 s.
+async fn exited(child: &mut Child, what: &str) -> std::process::ExitStatus {
+    tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not exit within 60 s of SIGTERM"))
+        .unwrap()
+}
+
 /// How the broker becomes unavailable.
 enum Interruption {
     /// SIGSTOP for this long, then SIGCONT: requests hang, then are answered.
@@ -253,7 +261,7 @@ async fn run(interruption: Interruption, with_sink: bool) {
         }
         Interruption::Restart => {
             sigterm(&broker);
-            broker.wait().await.unwrap();
+            exited(&mut broker, "the broker").await;
             tokio::time::sleep(Duration::from_secs(3)).await;
             broker = start_broker(&dir, port, controller_port);
             wait_started(&dir, 2).await;
@@ -264,9 +272,14 @@ async fn run(interruption: Interruption, with_sink: bool) {
     wait_published(&source_log, after, "after the broker came back").await;
 
     sigterm(&source);
-    assert!(source.wait().await.unwrap().success());
+    assert!(exited(&mut source, "the source").await.success());
     let records = read_topic(&bootstrap, &stack.registry_url, &topic).await;
     let source_logs = std::fs::read_to_string(&source_log).unwrap();
+    // The interruption failed polls (each redone whole later), not only delayed them.
+    assert!(
+        source_logs.contains("Poll failed, not recorded as a success"),
+        "no poll failed during the interruption:\n{source_logs}"
+    );
 
     // Every chart the source reported published is whole. A poll that failed while
     // publishing may have left part of its chart (README, Reliability); it was not reported.
@@ -309,12 +322,57 @@ async fn run(interruption: Interruption, with_sink: bool) {
 
     if let Some(mut sink) = sink {
         sink_catches_up(&db, &records, &sink_log).await;
+        offsets_reach_the_end(&bootstrap, &topic, &group, &sink_log).await;
         sigterm(&sink);
-        assert!(sink.wait().await.unwrap().success());
+        assert!(exited(&mut sink, "the sink").await.success());
     }
     sigterm(&broker);
-    let _ = broker.wait().await;
+    let _ = exited(&mut broker, "the broker").await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The group's committed offsets reach each partition's end: past the transaction markers that
+/// end the partitions, so that its lag (what `describe-group` and the lag gauge show) is 0.
+async fn offsets_reach_the_end(
+    bootstrap: &str,
+    topic: &str,
+    group: &str,
+    sink_log: &std::path::Path,
+) {
+    let c: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..6 {
+            tpl.add_partition(topic, p);
+        }
+        let committed = c.committed_offsets(tpl, Duration::from_secs(5)).unwrap();
+        let behind: Vec<(i32, Offset, i64)> = committed
+            .elements()
+            .iter()
+            .map(|e| {
+                let (_, end) = c
+                    .fetch_watermarks(topic, e.partition(), Duration::from_secs(5))
+                    .unwrap();
+                (e.partition(), e.offset(), end)
+            })
+            .filter(|(_, committed, end)| *committed != Offset::Offset(*end))
+            .collect();
+        drop(committed);
+        if behind.is_empty() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "committed offsets not at the end (partition, committed, end): {behind:?}\n{}",
+            std::fs::read_to_string(sink_log).unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// The sink resumes from its committed offsets until the tables hold exactly the topic.

@@ -9,6 +9,7 @@ use std::time::Duration;
 use apache_avro::types::Value as Avro;
 use plumbing::testing::{metric_sample, unique, Outage, Stack};
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use schema_registry_converter::async_impl::avro::AvroDecoder;
 use schema_registry_converter::async_impl::schema_registry::SrSettings;
@@ -158,13 +159,27 @@ impl Source {
     }
 }
 
-/// Every record of the topic, decoded by a consumer that knows only the registry URL, with its
-/// key.
+/// Every record of the topic that a `read_committed` reader (the sink) sees, decoded by a
+/// consumer that knows only the registry URL, with its key.
 async fn read_topic(stack: &Stack, topic: &str) -> Vec<(String, TrendingVideo)> {
+    read_topic_as(stack, topic, "read_committed").await
+}
+
+/// Every record of the topic at `isolation` (`read_uncommitted` also shows the records of
+/// aborted and open transactions).
+async fn read_topic_as(
+    stack: &Stack,
+    topic: &str,
+    isolation: &str,
+) -> Vec<(String, TrendingVideo)> {
+    // Told when each partition's end is reached: its last offset is a transaction marker,
+    // never delivered.
     let consumer: BaseConsumer = stack
         .kafka_config(&[
             ("group.id", &unique("reader-")),
             ("enable.auto.commit", "false"),
+            ("isolation.level", isolation),
+            ("enable.partition.eof", "true"),
         ])
         .create()
         .unwrap();
@@ -172,17 +187,9 @@ async fn read_topic(stack: &Stack, topic: &str) -> Vec<(String, TrendingVideo)> 
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .unwrap();
     let partitions = metadata.topics()[0].partitions().len() as i32;
-    // Up to each partition's high watermark, read first: the end is known, not guessed from
-    // a quiet spell.
     let mut tpl = TopicPartitionList::new();
-    let mut ends = std::collections::HashMap::new();
+    let mut unread: std::collections::HashSet<i32> = (0..partitions).collect();
     for p in 0..partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, p, Duration::from_secs(10))
-            .unwrap();
-        if high > low {
-            ends.insert(p, high);
-        }
         tpl.add_partition_offset(topic, p, Offset::Beginning)
             .unwrap();
     }
@@ -190,24 +197,23 @@ async fn read_topic(stack: &Stack, topic: &str) -> Vec<(String, TrendingVideo)> 
     drop(tpl);
     let mut raw = Vec::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !ends.is_empty() {
+    while !unread.is_empty() {
         assert!(
             std::time::Instant::now() < deadline,
-            "{topic}: partitions {ends:?} not read to their end within 30 s"
+            "{topic}: partitions {unread:?} not read to their end within 30 s"
         );
-        let Some(m) = consumer.poll(Duration::from_millis(100)) else {
-            continue;
-        };
-        let m = m.unwrap();
-        raw.push((
-            String::from_utf8(m.key().unwrap().to_vec()).unwrap(),
-            m.payload().unwrap().to_vec(),
-        ));
-        if ends
-            .get(&m.partition())
-            .is_some_and(|end| m.offset() + 1 >= *end)
-        {
-            ends.remove(&m.partition());
+        match consumer.poll(Duration::from_millis(100)) {
+            None => {}
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                unread.remove(&p);
+            }
+            Some(m) => {
+                let m = m.unwrap();
+                raw.push((
+                    String::from_utf8(m.key().unwrap().to_vec()).unwrap(),
+                    m.payload().unwrap().to_vec(),
+                ));
+            }
         }
     }
     let decoder = AvroDecoder::new(SrSettings::new(stack.registry_url.clone()));
@@ -892,6 +898,155 @@ async fn a_source_killed_mid_poll_polls_again_after_restart_and_every_video_arri
         .collect();
     expected.sort();
     assert_eq!(ids, expected, "every video of the chart, once");
+}
+
+/// SIGKILL while a poll's transaction is open: a `read_committed` reader (the sink) sees none of
+/// that poll, and the poll redone after the restart (which aborts the open transaction at once)
+/// appears whole, once.
+#[tokio::test]
+async fn a_source_killed_mid_transaction_shows_none_of_that_poll_and_redoes_it_whole_once() {
+    let stack = Stack::from_env().unwrap();
+    let api = StandIn::start().await;
+    api.set_chart("FR", 200);
+    // Time for the watcher below to be reading before the first records come.
+    api.set_delay(Some(Duration::from_millis(700)));
+    let topic = unique("test-");
+    // Small batches sent one at a time: a poll's 200 records take dozens of round trips, so
+    // its transaction stays open long enough to be seen open.
+    let env = [
+        ("POLL_INTERVAL", "1h"),
+        (
+            "KAFKA_PROPERTIES",
+            "batch.size=2000,max.in.flight.requests.per.connection=1",
+        ),
+    ];
+    let source = Source::spawn(&stack, &api, &topic, &env);
+    // Watches the records as they land, open transactions included, and kills the source
+    // while the first chart is less than half written.
+    let watcher: BaseConsumer = stack
+        .kafka_config(&[
+            ("group.id", &unique("watcher-")),
+            ("isolation.level", "read_uncommitted"),
+            ("fetch.wait.max.ms", "10"),
+            ("topic.metadata.refresh.interval.ms", "200"),
+        ])
+        .create()
+        .unwrap();
+    // The source creates the topic with 3 partitions (KAFKA_TOPIC_PARTITIONS in `command`).
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..3 {
+        tpl.add_partition_offset(&topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    watcher.assign(&tpl).unwrap();
+    drop(tpl);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut seen = 0;
+    while seen == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no record seen within 60 s:\n{}",
+            source.logs()
+        );
+        // Without blocking: the API stand-in runs on this test's thread.
+        match watcher.poll(Duration::ZERO) {
+            Some(m) => {
+                m.unwrap();
+                seen += 1;
+            }
+            None => tokio::time::sleep(Duration::from_millis(2)).await,
+        }
+    }
+    source.sigkill();
+    let mut source = source;
+    source.wait(Duration::from_secs(10)).await;
+    assert!(
+        !source.logs().contains("Poll published"),
+        "the kill came after the commit: the test did not catch the transaction open"
+    );
+    let raw = charts_in(&read_topic_as(&stack, &topic, "read_uncommitted").await);
+    assert_eq!(raw.len(), 1, "one chart begun: {raw:?}");
+    let (killed, begun) = raw.into_iter().next().unwrap();
+    assert!(
+        !begun.is_empty() && begun.len() < 200,
+        "the killed poll's transaction holds part of its chart: {} records",
+        begun.len()
+    );
+    assert!(
+        read_topic(&stack, &topic).await.is_empty(),
+        "a read_committed reader sees nothing of the killed poll"
+    );
+
+    api.set_delay(None);
+    let mut again = Source::spawn(&stack, &api, &topic, &env[..1]);
+    again
+        .wait_for_log("Poll published", Duration::from_secs(60))
+        .await;
+    again.sigterm();
+    assert!(again.wait(Duration::from_secs(30)).await.success());
+    let charts = charts_in(&read_topic(&stack, &topic).await);
+    assert_eq!(charts.len(), 1, "one chart visible: {:?}", charts.keys());
+    let (redone, mut ranks) = charts.into_iter().next().unwrap();
+    assert_ne!(redone, killed, "the visible chart is the redone poll");
+    ranks.sort();
+    assert_eq!(
+        ranks,
+        (1..=200).collect::<Vec<i32>>(),
+        "whole, each rank once"
+    );
+}
+
+/// Two sources with the same transactional id: the second fences the first, which stops
+/// polling, says why and exits 1; the second goes on, and no chart appears twice.
+#[tokio::test]
+async fn a_second_source_with_the_same_transactional_id_fences_the_first() {
+    let stack = Stack::from_env().unwrap();
+    let api = StandIn::start().await;
+    api.set_chart("FR", 50);
+    let topic = unique("test-");
+    let env = [("POLL_INTERVAL", "1s")];
+    let mut first = Source::spawn(&stack, &api, &topic, &env);
+    first
+        .wait_for_log("Poll published", Duration::from_secs(60))
+        .await;
+    let mut second = Source::spawn(&stack, &api, &topic, &env);
+    let status = first.wait(Duration::from_secs(60)).await;
+    let logs = first.logs();
+    assert_eq!(status.code(), Some(1), "the fenced source exits 1:\n{logs}");
+    assert_eq!(
+        logs.matches("another source connector took over the transactional id")
+            .count(),
+        1,
+        "one clear error:\n{logs}"
+    );
+    let polls_of_first = logs.matches("Poll published").count();
+    let published = |s: &Source| s.logs().matches("Poll published").count();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while published(&second) < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the second source goes on polling:\n{}",
+            second.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    second.sigterm();
+    assert!(second.wait(Duration::from_secs(30)).await.success());
+    let records = read_topic(&stack, &topic).await;
+    let charts = charts_in(&records);
+    assert_eq!(
+        charts.len(),
+        polls_of_first + published(&second),
+        "one chart per poll reported"
+    );
+    for (chart, mut ranks) in charts {
+        ranks.sort();
+        assert_eq!(
+            ranks,
+            (1..=50).collect::<Vec<i32>>(),
+            "{chart:?} whole, once"
+        );
+    }
 }
 
 /// A source polling a chart of 80 once an hour, reaching the registry through a proxy that the
