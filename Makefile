@@ -28,8 +28,10 @@ bench: up ## throughput vs the raw PostgreSQL limit, scaling, latency, memory (B
 	cargo build --release -p source-connector --features standin --bins
 	target/release/examples/bench
 
-chaos: up ## sink SIGKILLed 50 times and PostgreSQL restarted under it; prints figures (CHAOS_CYCLES, CHAOS_SEED)
+chaos: up ## sink SIGKILLed 50 times and PostgreSQL restarted under it; then the source SIGKILLed 50 times while it publishes; prints figures (CHAOS_CYCLES, CHAOS_SEED)
 	CHAOS_CYCLES=$${CHAOS_CYCLES:-50} cargo test -p sink-connector --test chaos -- --nocapture
+	cargo build -p sink-connector
+	CHAOS_CYCLES=$${CHAOS_CYCLES:-50} cargo test -p source-connector --test source_chaos -- --nocapture
 
 test: up ## bring the stack up, then run every test (unit and integration)
 	cargo test --workspace --all-targets

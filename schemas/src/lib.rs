@@ -55,6 +55,8 @@ pub struct TrendingVideo {
     pub like_count: Option<i64>,
     pub comment_count: Option<i64>,
     pub favorite_count: Option<i64>,
+    /// Videos in this poll's chart; `None` in records written before the field existed.
+    pub chart_size: Option<i32>,
 }
 
 /// Why an Avro value is not a valid [`TrendingVideo`]. All of these are permanent: the same
@@ -120,6 +122,10 @@ impl TrendingVideo {
             ("like_count".into(), opt(&self.like_count, l)),
             ("comment_count".into(), opt(&self.comment_count, l)),
             ("favorite_count".into(), opt(&self.favorite_count, l)),
+            (
+                "chart_size".into(),
+                opt(&self.chart_size, |x: &i32| Value::Int(*x)),
+            ),
         ])
     }
 
@@ -171,6 +177,10 @@ impl TrendingVideo {
             like_count: opt(&mut f, "like_count", long)?,
             comment_count: opt(&mut f, "comment_count", long)?,
             favorite_count: opt(&mut f, "favorite_count", long)?,
+            chart_size: opt(&mut f, "chart_size", |v| match v {
+                Value::Int(i) => Some(i),
+                _ => None,
+            })?,
         };
         video.validate()?;
         Ok(video)
@@ -204,6 +214,9 @@ impl TrendingVideo {
             if value.is_some_and(|v| v < 0) {
                 return invalid(field, "negative");
             }
+        }
+        if self.chart_size.is_some_and(|n| n < self.rank) {
+            return invalid("chart_size", "smaller than the record's rank");
         }
         Ok(())
     }
@@ -320,6 +333,7 @@ pub fn sample(
         like_count: Some(45_678),
         comment_count: Some(3_210),
         favorite_count: Some(0),
+        chart_size: None,
     }
 }
 

@@ -60,6 +60,7 @@ fn records(n: usize) -> Vec<TrendingVideo> {
                 at,
             );
             v.view_count = Some(1_000_000 + i as i64);
+            v.chart_size = Some(200);
             v
         })
         .collect()

@@ -94,6 +94,13 @@ pub struct Config {
     #[arg(long, env = "SINK_WRITE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub write_timeout: Duration,
 
+    /// How long a chart may miss videos before it counts as incomplete in the
+    /// `sink_charts_incomplete` gauge (and the SinkChartsIncomplete alert), e.g. `30m`: the
+    /// source's poll interval is a good value. Its records are spread over the partitions, so a
+    /// chart is briefly incomplete while they are being written.
+    #[arg(long, env = "SINK_CHART_GRACE", default_value = "30m", value_parser = parse_duration)]
+    pub chart_grace: Duration,
+
     /// Do not apply migrations at start-up (when they are applied by another process).
     #[arg(long, env = "SINK_SKIP_MIGRATIONS")]
     pub skip_migrations: bool,

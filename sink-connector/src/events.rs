@@ -131,3 +131,23 @@ impl ConsumerLag {
             .set(self.lag as f64);
     }
 }
+
+/// Charts older than SINK_CHART_GRACE with fewer videos stored than their size; logged when
+/// the number grows.
+pub struct ChartsIncomplete {
+    pub count: i64,
+    pub previous: i64,
+}
+
+impl ChartsIncomplete {
+    pub fn emit(&self) {
+        gauge!("sink_charts_incomplete").set(self.count as f64);
+        if self.count > self.previous {
+            tracing::warn!(
+                charts = self.count,
+                "Charts still missing videos past SINK_CHART_GRACE (see the charts table: \
+                 complete = false); their records may have been dead-lettered"
+            );
+        }
+    }
+}

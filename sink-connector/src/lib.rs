@@ -37,7 +37,7 @@ use crate::config::{Config, ErrorsTolerance};
 use crate::consume::SinkConsumer;
 use crate::decode::{DecodeError, Decoder};
 use crate::dlq::DeadLetters;
-use crate::events::{BatchWritten, DependencyRetrying, RecordsDeadLettered};
+use crate::events::{BatchWritten, ChartsIncomplete, DependencyRetrying, RecordsDeadLettered};
 use crate::write::Writer;
 
 /// The dependencies `/readyz` reports on.
@@ -117,6 +117,7 @@ pub async fn run(
             .client_config(&[("enable.idempotence", "true"), ("acks", "all")])?,
     )
     .context("creating the dead-letter producer")?;
+    let charts_watch = tokio::spawn(watch_charts(writer.clone(), config.chart_grace));
     let sink = Sink {
         consumer: consume::consumer(&config.kafka, &config.group_id, &config.topic)?,
         decoder,
@@ -183,10 +184,32 @@ pub async fn run(
             None => unreachable!("both stages are done"),
         }
     };
+    charts_watch.abort();
     // Leave the group at once so the partitions move without waiting for the session timeout.
     sink.consumer.unsubscribe();
     tracing::info!("Sink connector stopped");
     result
+}
+
+/// Reports the charts still missing videos past `grace`, every `grace` (at most every minute).
+async fn watch_charts(writer: Writer, grace: std::time::Duration) {
+    let every = grace.clamp(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(60),
+    );
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut previous = 0;
+    loop {
+        tick.tick().await;
+        match writer.incomplete_charts(grace).await {
+            Ok(count) => {
+                ChartsIncomplete { count, previous }.emit();
+                previous = count;
+            }
+            Err(e) => tracing::debug!(error = %e, "Could not count the incomplete charts"),
+        }
+    }
 }
 
 /// A batch decoded, waiting to be written and committed.

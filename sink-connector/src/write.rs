@@ -5,7 +5,13 @@
 //!    (`(last_fetched_at, region_code)` compared as a pair, so ties resolve the same way in any
 //!    order); `first_seen_at` keeps the earliest value;
 //! 2. lower `first_seen_at` of rows the guard kept (an older record arriving late);
-//! 3. upsert `video_snapshots` on its primary key.
+//! 3. upsert `video_snapshots` on its primary key;
+//! 4. keep `charts` (one row per region and `fetched_at`) in step: its rows of the batch's charts
+//!    are created or locked, then each one's `videos_written` is counted from `video_snapshots`.
+//!    The count is a new statement after the lock, so it sees the rows that another sink
+//!    instance committed for the same chart (a chart's records are spread over the partitions),
+//!    and `complete` (generated: `videos_written >= chart_size`) turns true in the transaction
+//!    that commits the chart's last row.
 //!
 //! Replaying the topic from any offset, in any order, converges to the same tables.
 
@@ -72,6 +78,28 @@ SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::text[], $4::int4[], $5::
 ON CONFLICT (region_code, fetched_at, video_id) DO UPDATE SET
     rank = EXCLUDED.rank, view_count = EXCLUDED.view_count, like_count = EXCLUDED.like_count,
     comment_count = EXCLUDED.comment_count, favorite_count = EXCLUDED.favorite_count";
+
+/// Creates the batch's charts or locks their rows (in key order, so that two instances never
+/// wait for each other); a size learnt from newer records is kept.
+const LOCK_CHARTS: &str = "
+INSERT INTO charts (region_code, fetched_at, chart_size, videos_written)
+SELECT u.region_code, u.fetched_at, u.chart_size, 0
+FROM UNNEST($1::text[], $2::timestamptz[], $3::int4[]) AS u(region_code, fetched_at, chart_size)
+ORDER BY u.region_code, u.fetched_at
+ON CONFLICT (region_code, fetched_at) DO UPDATE SET
+    chart_size = COALESCE(EXCLUDED.chart_size, charts.chart_size)";
+
+const COUNT_CHARTS: &str = "
+UPDATE charts SET videos_written = (
+    SELECT count(*) FROM video_snapshots s
+    WHERE s.region_code = charts.region_code AND s.fetched_at = charts.fetched_at)
+FROM UNNEST($1::text[], $2::timestamptz[]) AS u(region_code, fetched_at)
+WHERE charts.region_code = u.region_code AND charts.fetched_at = u.fetched_at";
+
+/// Charts with fewer videos stored than their size, `fetched_at` older than `$1` seconds.
+const INCOMPLETE_CHARTS: &str = "
+SELECT count(*) FROM charts
+WHERE NOT complete AND fetched_at < now() - make_interval(secs => $1)";
 
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
@@ -141,6 +169,7 @@ pub struct Written {
     pub snapshots: u64,
 }
 
+#[derive(Clone)]
 pub struct Writer {
     pool: Pool,
     write_timeout: Duration,
@@ -337,7 +366,34 @@ impl Writer {
                 ],
             )
             .await?;
+
+        // One entry per chart, in key order; the largest size its records give.
+        let mut charts: std::collections::BTreeMap<(&str, DateTime<Utc>), Option<i32>> =
+            Default::default();
+        for r in s {
+            let size = charts
+                .entry((r.region_code.as_str(), r.fetched_at))
+                .or_default();
+            *size = (*size).max(r.chart_size);
+        }
+        let c_regions: Vec<&str> = charts.keys().map(|(r, _)| *r).collect();
+        let c_fetched: Vec<DateTime<Utc>> = charts.keys().map(|(_, at)| *at).collect();
+        let c_sizes: Vec<Option<i32>> = charts.values().copied().collect();
+        let lock = tx.prepare_cached(LOCK_CHARTS).await?;
+        tx.execute(&lock, &[&c_regions, &c_fetched, &c_sizes])
+            .await?;
+        let count = tx.prepare_cached(COUNT_CHARTS).await?;
+        tx.execute(&count, &[&c_regions, &c_fetched]).await?;
         tx.commit().await?;
         Ok(Written { videos, snapshots })
+    }
+
+    /// How many charts older than `grace` still miss videos.
+    pub async fn incomplete_charts(&self, grace: Duration) -> Result<i64, WriteError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(INCOMPLETE_CHARTS, &[&grace.as_secs_f64()])
+            .await?;
+        Ok(row.get(0))
     }
 }

@@ -32,7 +32,7 @@ async fn migrations_create_the_design_tables() {
     client.query_one("SELECT 1", &[]).await.unwrap();
 
     let applied = sink_connector::migrate::run(&mut client).await.unwrap();
-    assert_eq!(applied, vec![1]);
+    assert_eq!(applied, vec![1, 2]);
 
     let videos = columns(&client, "videos").await;
     for c in [
@@ -59,6 +59,16 @@ async fn migrations_create_the_design_tables() {
             snapshots.contains(&c.to_string()),
             "video_snapshots lacks {c}"
         );
+    }
+    let charts = columns(&client, "charts").await;
+    for c in [
+        "region_code",
+        "fetched_at",
+        "chart_size",
+        "videos_written",
+        "complete",
+    ] {
+        assert!(charts.contains(&c.to_string()), "charts lacks {c}");
     }
     let pk: Vec<String> = client
         .query(
@@ -101,12 +111,15 @@ async fn concurrent_migrations_apply_once() {
         .into_iter()
         .map(|r| r.unwrap().expect("no instance fails").len())
         .sum();
-    assert_eq!(applied, 1, "exactly one instance applied the one migration");
+    assert_eq!(
+        applied, 2,
+        "exactly one instance applied the two migrations"
+    );
     let client = connect(&db.url).await;
     let n: i64 = client
         .query_one("SELECT count(*) FROM refinery_schema_history", &[])
         .await
         .unwrap()
         .get(0);
-    assert_eq!(n, 1);
+    assert_eq!(n, 2);
 }

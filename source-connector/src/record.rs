@@ -11,17 +11,30 @@ use crate::youtube::Video;
 /// Thumbnail sizes from best to worst, as the API names them.
 const THUMBNAIL_PREFERENCE: [&str; 5] = ["maxres", "standard", "high", "medium", "default"];
 
-/// The records of one chart, ranked 1.. in the API's order.
+/// The records of one chart, ranked 1.. in the API's order, each carrying the chart's size.
+/// A video the API lists twice (the chart can move between two page requests) is kept at its
+/// first place only: one record per video, so that the chart is complete downstream exactly when
+/// `chart_size` distinct videos are stored.
 pub fn chart_records(
     videos: Vec<Video>,
     region: &str,
     fetched_at: DateTime<Utc>,
     categories: &HashMap<String, String>,
 ) -> Vec<TrendingVideo> {
+    let mut seen = std::collections::HashSet::new();
+    let videos: Vec<Video> = videos
+        .into_iter()
+        .filter(|v| seen.insert(v.id.clone()))
+        .collect();
+    let size = videos.len() as i32;
     videos
         .into_iter()
         .enumerate()
-        .map(|(i, v)| to_record(v, i as i32 + 1, region, fetched_at, categories))
+        .map(|(i, v)| {
+            let mut record = to_record(v, i as i32 + 1, region, fetched_at, categories);
+            record.chart_size = Some(size);
+            record
+        })
         .collect()
 }
 
@@ -88,6 +101,7 @@ pub fn to_record(
         like_count: count(|s| &s.like_count),
         comment_count: count(|s| &s.comment_count),
         favorite_count: count(|s| &s.favorite_count),
+        chart_size: None,
     }
 }
 
@@ -159,6 +173,20 @@ mod tests {
 
     fn page(json: &str) -> VideoListResponse {
         serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn a_video_listed_twice_is_kept_once_and_each_record_carries_the_chart_size() {
+        let p = page(r#"{"items":[{"id":"a"},{"id":"b"},{"id":"a"},{"id":"c"}]}"#);
+        let records = chart_records(p.items, "FR", Utc::now(), &HashMap::new());
+        let got: Vec<(&str, i32, Option<i32>)> = records
+            .iter()
+            .map(|r| (r.video_id.as_str(), r.rank, r.chart_size))
+            .collect();
+        assert_eq!(
+            got,
+            [("a", 1, Some(3)), ("b", 2, Some(3)), ("c", 3, Some(3))]
+        );
     }
 
     #[test]

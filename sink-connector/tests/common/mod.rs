@@ -241,8 +241,8 @@ pub async fn connect(db: &TestDatabase) -> tokio_postgres::Client {
     client
 }
 
-/// Both tables as text, in key order: what "the same tables" means.
-pub async fn dump(db: &TestDatabase) -> (Vec<String>, Vec<String>) {
+/// The three tables as text, in key order: what "the same tables" means.
+pub async fn dump(db: &TestDatabase) -> (Vec<String>, Vec<String>, Vec<String>) {
     let c = connect(db).await;
     let rows = |q: &'static str| {
         let c = &c;
@@ -259,15 +259,18 @@ pub async fn dump(db: &TestDatabase) -> (Vec<String>, Vec<String>) {
         rows("SELECT v::text FROM videos v ORDER BY video_id").await,
         rows("SELECT s::text FROM video_snapshots s ORDER BY region_code, fetched_at, video_id")
             .await,
+        rows("SELECT c::text FROM charts c ORDER BY region_code, fetched_at").await,
     )
 }
 
+/// A chart of `n` videos, each record carrying the chart's size.
 pub fn chart(region: &str, n: usize, fetched_at: DateTime<Utc>, views: i64) -> Vec<TrendingVideo> {
     (0..n)
         .map(|i| {
             let mut v =
                 schemas::sample(&format!("{region}{i:09}"), region, i as i32 + 1, fetched_at);
             v.view_count = Some(views + i as i64);
+            v.chart_size = Some(n as i32);
             if i % 3 == 0 {
                 v.like_count = None;
                 v.tags = None;
