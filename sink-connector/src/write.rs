@@ -5,13 +5,11 @@
 //!    (`(last_fetched_at, region_code)` compared as a pair, so ties resolve the same way in any
 //!    order); `first_seen_at` keeps the earliest value;
 //! 2. lower `first_seen_at` of rows the guard kept (an older record arriving late);
-//! 3. upsert `video_snapshots` on its primary key;
-//! 4. keep `charts` (one row per region and `fetched_at`) in step: its rows of the batch's charts
-//!    are created or locked, then each one's `videos_written` is counted from `video_snapshots`.
-//!    The count is a new statement after the lock, so it sees the rows that another sink
-//!    instance committed for the same chart (a chart's records are spread over the partitions),
-//!    and `complete` (generated: `videos_written >= chart_size`) turns true in the transaction
-//!    that commits the chart's last row.
+//! 3. upsert `video_snapshots` on its primary key and, in the same statement, add the snapshots
+//!    it inserted to their chart's `videos_written` in `charts` (one row per region and
+//!    `fetched_at`; a chart's records are spread over the partitions, so several batches, or
+//!    instances, add to one row in turn). `complete` (generated: `videos_written >=
+//!    chart_size`) turns true in the transaction that commits the chart's last video.
 //!
 //! Replaying the topic from any offset, in any order, converges to the same tables.
 
@@ -70,31 +68,37 @@ UPDATE videos SET first_seen_at = u.first_seen_at
 FROM UNNEST($1::text[], $2::timestamptz[]) AS u(video_id, first_seen_at)
 WHERE videos.video_id = u.video_id AND u.first_seen_at < videos.first_seen_at";
 
-const UPSERT_SNAPSHOTS: &str = "
-INSERT INTO video_snapshots (region_code, fetched_at, video_id, rank, view_count, like_count,
-    comment_count, favorite_count)
-SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::text[], $4::int4[], $5::int8[],
-    $6::int8[], $7::int8[], $8::int8[])
-ON CONFLICT (region_code, fetched_at, video_id) DO UPDATE SET
-    rank = EXCLUDED.rank, view_count = EXCLUDED.view_count, like_count = EXCLUDED.like_count,
-    comment_count = EXCLUDED.comment_count, favorite_count = EXCLUDED.favorite_count";
-
-/// Creates the batch's charts or locks their rows (in key order, so that two instances never
-/// wait for each other); a size learnt from newer records is kept.
-const LOCK_CHARTS: &str = "
-INSERT INTO charts (region_code, fetched_at, chart_size, videos_written)
-SELECT u.region_code, u.fetched_at, u.chart_size, 0
-FROM UNNEST($1::text[], $2::timestamptz[], $3::int4[]) AS u(region_code, fetched_at, chart_size)
-ORDER BY u.region_code, u.fetched_at
-ON CONFLICT (region_code, fetched_at) DO UPDATE SET
-    chart_size = COALESCE(EXCLUDED.chart_size, charts.chart_size)";
-
-const COUNT_CHARTS: &str = "
-UPDATE charts SET videos_written = (
-    SELECT count(*) FROM video_snapshots s
-    WHERE s.region_code = charts.region_code AND s.fetched_at = charts.fetched_at)
-FROM UNNEST($1::text[], $2::timestamptz[]) AS u(region_code, fetched_at)
-WHERE charts.region_code = u.region_code AND charts.fetched_at = u.fetched_at";
+/// Upserts the snapshots and, in the same statement, adds to each chart's `videos_written` the
+/// snapshots it inserted (`xmax = 0` tells an inserted row from an updated one: a replayed
+/// record updates its row and adds nothing). The charts' rows are locked in key order, so two
+/// instances writing parts of one chart add up in turn and never wait for each other in a
+/// cycle; a size learnt from newer records is kept. Returns the snapshots written.
+const UPSERT_SNAPSHOTS_AND_CHARTS: &str = "
+WITH written AS (
+    INSERT INTO video_snapshots (region_code, fetched_at, video_id, rank, view_count,
+        like_count, comment_count, favorite_count)
+    SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::text[], $4::int4[], $5::int8[],
+        $6::int8[], $7::int8[], $8::int8[])
+    ON CONFLICT (region_code, fetched_at, video_id) DO UPDATE SET
+        rank = EXCLUDED.rank, view_count = EXCLUDED.view_count,
+        like_count = EXCLUDED.like_count, comment_count = EXCLUDED.comment_count,
+        favorite_count = EXCLUDED.favorite_count
+    RETURNING region_code, fetched_at, (xmax = 0) AS inserted
+), charted AS (
+    INSERT INTO charts (region_code, fetched_at, chart_size, videos_written)
+    SELECT w.region_code, w.fetched_at, c.chart_size, w.added
+    FROM (SELECT region_code, fetched_at, count(*) FILTER (WHERE inserted) AS added
+          FROM written GROUP BY region_code, fetched_at) w
+    JOIN UNNEST($9::text[], $10::timestamptz[], $11::int4[])
+        AS c(region_code, fetched_at, chart_size)
+        ON c.region_code = w.region_code AND c.fetched_at = w.fetched_at
+    ORDER BY w.region_code, w.fetched_at
+    ON CONFLICT (region_code, fetched_at) DO UPDATE SET
+        videos_written = charts.videos_written + EXCLUDED.videos_written,
+        chart_size = COALESCE(EXCLUDED.chart_size, charts.chart_size)
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM written), (SELECT count(*) FROM charted)";
 
 /// Charts with fewer videos stored than their size, `fetched_at` older than `$1` seconds.
 const INCOMPLETE_CHARTS: &str = "
@@ -350,24 +354,7 @@ impl Writer {
         let s_long = |f: fn(&schemas::TrendingVideo) -> Option<i64>| -> Vec<Option<i64>> {
             s.iter().map(|r| f(r)).collect()
         };
-        let upsert = tx.prepare_cached(UPSERT_SNAPSHOTS).await?;
-        let snapshots = tx
-            .execute(
-                &upsert,
-                &[
-                    &s_regions,
-                    &s_fetched,
-                    &s_ids,
-                    &s_ranks,
-                    &s_long(|r| r.view_count),
-                    &s_long(|r| r.like_count),
-                    &s_long(|r| r.comment_count),
-                    &s_long(|r| r.favorite_count),
-                ],
-            )
-            .await?;
-
-        // One entry per chart, in key order; the largest size its records give.
+        // One entry per chart, in key order: the largest size its records give.
         let mut charts: std::collections::BTreeMap<(&str, DateTime<Utc>), Option<i32>> =
             Default::default();
         for r in s {
@@ -379,11 +366,26 @@ impl Writer {
         let c_regions: Vec<&str> = charts.keys().map(|(r, _)| *r).collect();
         let c_fetched: Vec<DateTime<Utc>> = charts.keys().map(|(_, at)| *at).collect();
         let c_sizes: Vec<Option<i32>> = charts.values().copied().collect();
-        let lock = tx.prepare_cached(LOCK_CHARTS).await?;
-        tx.execute(&lock, &[&c_regions, &c_fetched, &c_sizes])
+        let upsert = tx.prepare_cached(UPSERT_SNAPSHOTS_AND_CHARTS).await?;
+        let row = tx
+            .query_one(
+                &upsert,
+                &[
+                    &s_regions,
+                    &s_fetched,
+                    &s_ids,
+                    &s_ranks,
+                    &s_long(|r| r.view_count),
+                    &s_long(|r| r.like_count),
+                    &s_long(|r| r.comment_count),
+                    &s_long(|r| r.favorite_count),
+                    &c_regions,
+                    &c_fetched,
+                    &c_sizes,
+                ],
+            )
             .await?;
-        let count = tx.prepare_cached(COUNT_CHARTS).await?;
-        tx.execute(&count, &[&c_regions, &c_fetched]).await?;
+        let snapshots = row.get::<_, i64>(0) as u64;
         tx.commit().await?;
         Ok(Written { videos, snapshots })
     }

@@ -472,6 +472,19 @@ async fn two_instances_share_the_partitions_and_one_finishes_when_the_other_stop
         .get(0);
     let produced: i64 = ends.values().sum();
     assert_eq!(snapshots, produced, "one snapshot per record, none missing");
+    // Each chart's records were spread over both instances: their counts add up.
+    let charts: Vec<(i32, bool)> = c
+        .query("SELECT videos_written, complete FROM charts", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(charts.len() as i64, produced / 50);
+    assert!(
+        charts.iter().all(|c| *c == (50, true)),
+        "every chart complete with its 50 videos: {charts:?}"
+    );
     a.stop().await;
 }
 
