@@ -244,7 +244,7 @@ impl RenewableProducer {
 }
 
 /// Keeps a long-lived consumer connected across librdkafka's lost-broker bug, for as long as
-/// `client` lives: returns the watching task (abort it with the client).
+/// `client` lives (the watching task ends by itself once the client is dropped).
 ///
 /// librdkafka (2.10 up to 2.15 at least; confluentinc/librdkafka#5301, open) forgets every
 /// broker it knows when a metadata response lists none, and then never reconnects: there is no
@@ -252,9 +252,11 @@ impl RenewableProducer {
 /// answers so for a moment after a pause or a restart (it is fenced until its controller sees it
 /// again). Seen here: after a 15 s freeze of the broker, the sink neither rejoined its group nor
 /// fetched again, with no error and `/readyz` green (`broker_restart.rs`, about 1 run in 4 under
-/// load). So every [`WATCH_INTERVAL`], a client that cannot fetch `topic`'s metadata is given
-/// its bootstrap servers again, as a re-bootstrap would; servers it still knows are not added
-/// twice, and an extra one is dropped again by the next metadata the broker answers.
+/// load). So every [`WATCH_INTERVAL`] the client is asked for `topic`'s metadata; when it
+/// cannot answer, it is given its bootstrap servers again, as a re-bootstrap would (at once,
+/// then once a minute while it lasts: librdkafka keeps every list it is given). A configured
+/// server it still knows is not added twice; one it knows as a learned broker is dropped again
+/// by the next metadata the broker answers.
 pub fn keep_bootstrapped<T, C>(client: Weak<T>, bootstrap: &str, topic: &str) -> JoinHandle<()>
 where
     T: Consumer<C> + Send + Sync + 'static,
@@ -267,16 +269,18 @@ where
     let topic = topic.to_string();
     tokio::spawn(async move {
         let mut lost = false;
+        let mut failed_checks = 0u32;
         loop {
             tokio::time::sleep(WATCH_INTERVAL).await;
             let (client, servers, topic) = (client.clone(), servers.clone(), topic.clone());
+            let add_now = failed_checks.is_multiple_of(6);
             let checked = tokio::task::spawn_blocking(move || {
                 let client = client.upgrade()?;
                 let reachable = client
                     .client()
                     .fetch_metadata(Some(&topic), Duration::from_secs(5))
                     .is_ok();
-                if !reachable {
+                if !reachable && add_now {
                     // SAFETY: the handle is alive (`client` is held) and librdkafka copies the
                     // list it is given.
                     unsafe {
@@ -290,6 +294,11 @@ where
             })
             .await;
             match checked {
+                Ok(Some(true)) => failed_checks = 0,
+                Ok(Some(false)) => failed_checks += 1,
+                _ => {}
+            }
+            match checked {
                 Ok(Some(true)) if lost => {
                     tracing::info!("Kafka metadata answers again");
                     lost = false;
@@ -297,8 +306,7 @@ where
                 Ok(Some(false)) if !lost => {
                     tracing::warn!(
                         "No Kafka broker answers metadata requests: the bootstrap servers are \
-                         given to the client again, and again every {WATCH_INTERVAL:?} until one \
-                         answers"
+                         given to the client again, and again every minute until one answers"
                     );
                     lost = true;
                 }

@@ -130,19 +130,20 @@ pub const IDLE: Duration = Duration::from_secs(1);
 
 /// Collects up to `max` records or `max_bytes` of keys and values (the record that crosses it
 /// is the last), waiting at most `max_wait` after the first one. While no record comes,
-/// `on_idle` runs every [`IDLE`].
+/// `on_idle` runs every [`IDLE`]; when it returns false, the (empty) batch is returned at once.
 pub async fn collect(
     consumer: &SinkConsumer,
     max: usize,
     max_bytes: usize,
     max_wait: Duration,
-    on_idle: impl Fn(),
+    on_idle: impl Fn() -> bool,
 ) -> KafkaResult<Vec<OwnedMessage>> {
     let mut batch = Vec::new();
     let first = loop {
         match tokio::time::timeout(IDLE, consumer.recv()).await {
             Ok(m) => break m?.detach(),
-            Err(_) => on_idle(),
+            Err(_) if on_idle() => {}
+            Err(_) => return Ok(batch),
         }
     };
     let mut bytes = size(&first);
@@ -204,15 +205,20 @@ pub fn describe_offsets(batch: &[OwnedMessage]) -> String {
         .join(",")
 }
 
-/// Commits `offsets` for the partitions this consumer still owns, synchronously; returns how
-/// many partitions were committed. Lists from the consumer are dropped before returning (a
-/// consumer closed while one is alive never finishes closing).
-pub fn commit(consumer: &SinkConsumer, offsets: &[(String, i32, i64)]) -> KafkaResult<usize> {
+/// Commits `offsets` for the partitions this consumer still owns, synchronously; returns the
+/// offsets committed. Lists from the consumer are dropped before returning (a consumer closed
+/// while one is alive never finishes closing).
+pub fn commit(
+    consumer: &SinkConsumer,
+    offsets: &[(String, i32, i64)],
+) -> KafkaResult<Vec<(String, i32, i64)>> {
     let assignment = consumer.assignment()?;
     let mut tpl = TopicPartitionList::new();
+    let mut owned = Vec::with_capacity(offsets.len());
     for (topic, partition, offset) in offsets {
         if assignment.find_partition(topic, *partition).is_some() {
             tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
+            owned.push((topic.clone(), *partition, *offset));
         } else {
             tracing::info!(
                 topic,
@@ -222,22 +228,21 @@ pub fn commit(consumer: &SinkConsumer, offsets: &[(String, i32, i64)]) -> KafkaR
         }
     }
     drop(assignment);
-    let n = tpl.count();
-    if n == 0 {
-        return Ok(0);
+    if owned.is_empty() {
+        return Ok(owned);
     }
     match consumer.commit(&tpl, CommitMode::Sync) {
         // The group moved on (a rebalance the consumer has not served yet): these offsets can
         // never be committed, and retrying would wait forever, since the rebalance is served
         // only when the sink polls again. The records are redone by their next owner.
         Err(KafkaError::ConsumerCommit(code)) if moved_on(code) => {
-            tracing::info!(error = %code, offsets = n,
+            tracing::info!(error = %code, offsets = owned.len(),
                 "Offsets not committed: the group rebalanced; the partitions' next owner \
                  redoes these records (the same rows again)");
-            Ok(0)
+            Ok(Vec::new())
         }
         Err(e) => Err(e),
-        Ok(()) => Ok(n),
+        Ok(()) => Ok(owned),
     }
 }
 
@@ -265,22 +270,50 @@ pub fn commit_positions(
 ) -> KafkaResult<Vec<(String, i32, i64)>> {
     let positions = consumer.position()?;
     let mut offsets = Vec::new();
+    let mut unknown: HashMap<(String, i32), i64> = HashMap::new();
     for e in positions.elements() {
         if let Offset::Offset(position) = e.offset() {
-            if lag
-                .last_committed(e.topic(), e.partition())
-                .is_some_and(|c| position > c)
-            {
-                offsets.push((e.topic().to_string(), e.partition(), position));
+            match lag.last_committed(e.topic(), e.partition()) {
+                Some(c) if position > c => {
+                    offsets.push((e.topic().to_string(), e.partition(), position))
+                }
+                Some(_) => {}
+                None => {
+                    unknown.insert((e.topic().to_string(), e.partition()), position);
+                }
             }
         }
     }
     drop(positions);
-    if !offsets.is_empty() && commit(consumer, &offsets)? < offsets.len() {
-        // Some partitions moved: their new owner commits for itself.
-        offsets.clear();
+    // Partitions this process has not committed yet (assigned since it started): the group's
+    // committed offsets, asked once and remembered; where the group has none, the position is
+    // committed (it is past nothing undelivered).
+    if !unknown.is_empty() {
+        let mut ask = TopicPartitionList::new();
+        for (topic, partition) in unknown.keys() {
+            ask.add_partition(topic, *partition);
+        }
+        let committed = consumer.committed_offsets(ask, Duration::from_secs(5))?;
+        let mut known = Vec::new();
+        for e in committed.elements() {
+            let position = unknown[&(e.topic().to_string(), e.partition())];
+            match e.offset() {
+                Offset::Offset(c) => {
+                    known.push((e.topic().to_string(), e.partition(), c));
+                    if position > c {
+                        offsets.push((e.topic().to_string(), e.partition(), position));
+                    }
+                }
+                _ => offsets.push((e.topic().to_string(), e.partition(), position)),
+            }
+        }
+        drop(committed);
+        lag.committed(&known);
     }
-    Ok(offsets)
+    if offsets.is_empty() {
+        return Ok(offsets);
+    }
+    commit(consumer, &offsets)
 }
 
 /// Stops fetching every owned partition (while a dependency is down) or starts again.

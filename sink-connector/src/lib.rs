@@ -20,6 +20,7 @@ pub mod replay;
 pub mod write;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering::SeqCst;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
@@ -43,6 +44,11 @@ use crate::write::Writer;
 /// The dependencies `/readyz` reports on.
 pub const READINESS_CHECKS: &[&str] = &["kafka", "postgres", "schema_registry"];
 
+/// [`Sink::finishing`]'s states.
+const IDLE: u8 = 0;
+const BUSY: u8 = 1;
+const FAILED: u8 = 2;
+
 struct Sink {
     consumer: std::sync::Arc<SinkConsumer>,
     decoder: Decoder,
@@ -54,8 +60,9 @@ struct Sink {
     lag: consume::LagReporter,
     /// Stages waiting for a dependency; fetching is paused while there is one.
     fetch_holders: std::sync::Mutex<usize>,
-    /// A batch is being written and committed.
-    finishing: std::sync::atomic::AtomicBool,
+    /// Where the batch being written stands: [`IDLE`], [`BUSY`] or [`FAILED`] (then the
+    /// sink stops: the position must not be committed past a batch that was not written).
+    finishing: std::sync::atomic::AtomicU8,
 }
 
 /// Runs the sink until `shutdown` (then returns `Ok(true)`). Returns an error on a poison record
@@ -117,7 +124,7 @@ pub async fn run(
             .client_config(&[("enable.idempotence", "true"), ("acks", "all")])?,
     )
     .context("creating the dead-letter producer")?;
-    let charts_watch = tokio::spawn(watch_charts(writer.clone(), config.chart_grace));
+    let chart_writer = writer.clone();
     let sink = Sink {
         consumer: consume::consumer(&config.kafka, &config.group_id, &config.topic)?,
         decoder,
@@ -128,8 +135,9 @@ pub async fn run(
         tolerance: config.errors_tolerance,
         lag: consume::LagReporter::start(&config.kafka, &config.topic)?,
         fetch_holders: std::sync::Mutex::new(0),
-        finishing: std::sync::atomic::AtomicBool::new(false),
+        finishing: std::sync::atomic::AtomicU8::new(IDLE),
     };
+    let charts_watch = tokio::spawn(watch_charts(chart_writer, config.chart_grace));
     tracing::info!(topic = %config.topic, group = %config.group_id, dlq = sink.dlq.topic(),
         batch_max_records = config.batch_max_records, "Sink connector started");
 
@@ -139,15 +147,16 @@ pub async fn run(
     let mut pending: Option<Prepared> = None;
     let result = loop {
         let previous = pending.take();
-        sink.finishing
-            .store(previous.is_some(), std::sync::atomic::Ordering::SeqCst);
+        if previous.is_some() {
+            sink.finishing.store(BUSY, SeqCst);
+        }
         let finishing = async {
             let finished = match previous {
                 Some(p) => sink.finish(p).await,
                 None => Ok(()),
             };
             sink.finishing
-                .store(false, std::sync::atomic::Ordering::SeqCst);
+                .store(if finished.is_ok() { IDLE } else { FAILED }, SeqCst);
             finished
         };
         let preparing = async {
@@ -256,9 +265,13 @@ impl Sink {
 
     /// Nothing to read: once no batch is in flight, the offsets move past the transaction
     /// markers that end each partition (see [`consume::commit_positions`]).
-    fn idle(&self) {
-        if self.finishing.load(std::sync::atomic::Ordering::SeqCst) {
-            return;
+    /// Returns false once the batch in flight failed: collecting stops, the sink stops on that
+    /// batch's error.
+    fn idle(&self) -> bool {
+        match self.finishing.load(SeqCst) {
+            BUSY => return true,
+            FAILED => return false,
+            _ => {}
         }
         match consume::commit_positions(&self.consumer, &self.lag) {
             Ok(offsets) if !offsets.is_empty() => {
@@ -271,6 +284,7 @@ impl Sink {
             Ok(_) => {}
             Err(e) => tracing::debug!(error = %e, "Idle: could not commit the positions"),
         }
+        true
     }
 
     /// Decodes a batch, waiting while the registry is unavailable; fails on a poison record
@@ -345,21 +359,21 @@ impl Sink {
             .emit();
         }
         let offsets = consume::next_offsets(&batch);
-        let partitions_committed = self
+        let committed = self
             .retry(
                 "kafka",
                 |_| "commit",
                 || async { consume::commit(&self.consumer, &offsets) },
             )
             .await;
-        self.lag.committed(&offsets);
+        self.lag.committed(&committed);
         let now = Utc::now();
         BatchWritten {
             records: batch.len(),
             deduplicated: deduped.duplicates(good.len()),
             dead_lettered: poison.len(),
             written,
-            partitions_committed,
+            partitions_committed: committed.len(),
             offsets: consume::describe_offsets(&batch),
             write_duration,
             latencies: good

@@ -316,6 +316,52 @@ async fn poison_records_go_to_the_dlq_with_connect_headers_and_the_rest_is_writt
     sink.stop().await;
 }
 
+/// A write PostgreSQL refuses for good (here a constraint added under the sink) stops the sink
+/// with exit code 1 at once, also with nothing more to read, and nothing is committed past the
+/// batch that failed.
+#[tokio::test]
+async fn a_write_refused_for_good_stops_the_sink_and_commits_nothing_past_it() {
+    let stack = Stack::from_env().unwrap();
+    let topic = stack.create_topic(1).await.unwrap();
+    let group = unique("sink-");
+    let db = stack.create_database().await.unwrap();
+    let mut sink = Sink::spawn(&stack, &db, &topic, &group, &[]);
+    sink.http_addr().await;
+    let c = connect(&db).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while c
+        .execute(
+            "ALTER TABLE video_snapshots ADD CONSTRAINT rank_one CHECK (rank = 1)",
+            &[],
+        )
+        .await
+        .is_err()
+    {
+        assert!(tokio::time::Instant::now() < deadline, "{}", sink.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let p = producer(&stack);
+    produce_raw(
+        &p,
+        &topic,
+        encode(&stack, &topic, &chart("FR", 3, at(1_000), 1)).await,
+    )
+    .await;
+    let status = sink.wait(Duration::from_secs(30)).await;
+    assert_eq!(status.code(), Some(1), "{}", sink.logs());
+    assert!(
+        sink.logs()
+            .contains("writing a batch to PostgreSQL failed permanently"),
+        "{}",
+        sink.logs()
+    );
+    let committed = committed(&stack, &topic, &group, 1);
+    assert!(
+        committed.get(&0).is_none_or(|o| *o == 0),
+        "committed past the batch that failed: {committed:?}"
+    );
+}
+
 #[tokio::test]
 async fn with_errors_tolerance_none_a_poison_record_stops_the_sink_and_nothing_passes_it() {
     let stack = Stack::from_env().unwrap();

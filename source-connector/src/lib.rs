@@ -39,6 +39,9 @@ use crate::transaction::{TransactionError, Transactions};
 /// The dependencies `/readyz` reports on.
 pub const READINESS_CHECKS: &[&str] = &["kafka", "schema_registry", "youtube_api"];
 
+/// How long a fenced source keeps serving a failing `/readyz` before it exits.
+pub const FENCED_LINGER: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Runs the connector until `shutdown` (or, with `--once`, until every region was polled).
 /// Returns whether every region succeeded (meaningful with `--once`).
 pub async fn run(
@@ -188,8 +191,14 @@ pub async fn run(
         all_ok &= end == RegionEnd::Done;
     }
     if fenced {
+        // Failing /readyz for a moment before exiting, so that a probe or a scrape sees why the
+        // process is gone; the error itself is logged once, as the connector stops on it.
         let e = TransactionError::Fenced(config.transactional_id());
         readiness.set_not_ready("kafka", e.to_string());
+        tokio::select! {
+            _ = tokio::time::sleep(FENCED_LINGER) => {}
+            _ = shutdown.cancelled() => {}
+        }
         return Err(e.into());
     }
     if config.once {

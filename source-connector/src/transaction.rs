@@ -21,7 +21,8 @@ pub enum TransactionError {
     #[error(
         "another source connector took over the transactional id `{0}` (this one is fenced): \
          two sources must not poll the same charts. Stop one, or give each its own \
-         KAFKA_TRANSACTIONAL_ID"
+         KAFKA_TRANSACTIONAL_ID. (A transaction of this source left open longer than 3 x \
+         PRODUCE_TIMEOUT, the process frozen meanwhile, reads the same.)"
     )]
     Fenced(String),
     #[error("the Kafka transaction failed: {0}")]
@@ -59,10 +60,11 @@ impl Transactions {
             ("linger.ms", "20"),
             ("message.timeout.ms", &timeout_ms),
             // The broker aborts a transaction left open this long (a source frozen or killed
-            // mid-poll): a poll's whole publish must fit, with margin.
+            // mid-poll). A transaction's send and commit take at most twice the timeout; the
+            // broker refuses more than 15 minutes (`transaction.max.timeout.ms`'s default).
             (
                 "transaction.timeout.ms",
-                &(timeout.as_millis() * 2).to_string(),
+                &transaction_timeout_ms(timeout).to_string(),
             ),
         ])?;
         Ok(Transactions {
@@ -100,9 +102,11 @@ impl Transactions {
                 .await
                 .into());
         }
-        let sent = match send(&producer).await {
-            Ok(v) => v,
-            Err(e) => {
+        // The whole send within the timeout, so that a transaction never stays open long
+        // enough for the broker to abort it (which would read as a fence).
+        let sent = match tokio::time::timeout(self.timeout, send(&producer)).await {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => {
                 return Err(
                     match self.failed(&mut state, producer, e.to_string()).await {
                         fenced @ TransactionError::Fenced(_) => fenced.into(),
@@ -110,10 +114,12 @@ impl Transactions {
                     },
                 )
             }
+            Err(_) => {
+                let e = format!("the poll's records were not sent within {:?}", self.timeout);
+                return Err(self.failed(&mut state, producer, e).await.into());
+            }
         };
-        let committing = producer.clone();
-        let timeout = self.timeout;
-        match blocking(move || committing.commit_transaction(timeout)).await {
+        match self.commit(&producer).await {
             Ok(()) => {
                 *state = State::Ready(producer);
                 Ok(sent)
@@ -122,6 +128,29 @@ impl Transactions {
                 .failed(&mut state, producer, e.to_string())
                 .await
                 .into()),
+        }
+    }
+
+    /// Commits, retrying while librdkafka says the commit may still succeed: its outcome is
+    /// unknown then (the broker may have committed already), and an abort would be refused, or
+    /// a new producer would find the transaction committed and the poll, redone, would be
+    /// published twice.
+    /// All attempts together within the timeout, keeping the transaction's life under the
+    /// broker's limit.
+    async fn commit(&self, producer: &FutureProducer) -> Result<(), KafkaError> {
+        let deadline = std::time::Instant::now() + self.timeout;
+        loop {
+            let committing = producer.clone();
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match blocking(move || committing.commit_transaction(left)).await {
+                Err(KafkaError::Transaction(e))
+                    if e.is_retriable() && std::time::Instant::now() < deadline =>
+                {
+                    tracing::warn!(error = %e, "Committing the transaction: retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => return other,
+            }
         }
     }
 
@@ -201,6 +230,11 @@ impl Transactions {
             _ => TransactionError::Kafka(error),
         }
     }
+}
+
+/// Three times the produce timeout, at most 15 minutes.
+fn transaction_timeout_ms(timeout: Duration) -> u128 {
+    (timeout.as_millis() * 3).min(900_000)
 }
 
 /// Drops a producer off the async workers: the last handle's drop purges, flushes and joins

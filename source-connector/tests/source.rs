@@ -1010,6 +1010,23 @@ async fn a_second_source_with_the_same_transactional_id_fences_the_first() {
         .wait_for_log("Poll published", Duration::from_secs(60))
         .await;
     let mut second = Source::spawn(&stack, &api, &topic, &env);
+    // Fenced, the first fails /readyz (naming kafka) for a while before it exits.
+    let addr = first.http_addr().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let answer = reqwest::get(format!("http://{addr}/readyz")).await;
+        if let Ok(r) = answer {
+            if r.status() == 503 && r.text().await.unwrap_or_default().contains("kafka") {
+                break;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the fenced source never failed /readyz:\n{}",
+            first.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let status = first.wait(Duration::from_secs(60)).await;
     let logs = first.logs();
     assert_eq!(status.code(), Some(1), "the fenced source exits 1:\n{logs}");
