@@ -253,10 +253,10 @@ impl RenewableProducer {
 /// again). Seen here: after a 15 s freeze of the broker, the sink neither rejoined its group nor
 /// fetched again, with no error and `/readyz` green (`broker_restart.rs`, about 1 run in 4 under
 /// load). So every [`WATCH_INTERVAL`] the client is asked for `topic`'s metadata; when it
-/// cannot answer, it is given its bootstrap servers again, as a re-bootstrap would (at once,
-/// then once a minute while it lasts: librdkafka keeps every list it is given). A configured
-/// server it still knows is not added twice; one it knows as a learned broker is dropped again
-/// by the next metadata the broker answers.
+/// cannot answer, it is given its bootstrap servers again, as a re-bootstrap would (at every
+/// check for 10 minutes, then once a minute: librdkafka keeps every list it is given). A
+/// configured server it still knows is not added twice; one it knows as a learned broker is
+/// dropped again by the next metadata the broker answers.
 pub fn keep_bootstrapped<T, C>(client: Weak<T>, bootstrap: &str, topic: &str) -> JoinHandle<()>
 where
     T: Consumer<C> + Send + Sync + 'static,
@@ -273,7 +273,9 @@ where
         loop {
             tokio::time::sleep(WATCH_INTERVAL).await;
             let (client, servers, topic) = (client.clone(), servers.clone(), topic.clone());
-            let add_now = failed_checks.is_multiple_of(6);
+            // Every check for the first 10 minutes of an outage (a broker that comes back may
+            // be forgotten again as it thaws), then once a minute.
+            let add_now = failed_checks < 60 || failed_checks.is_multiple_of(6);
             let checked = tokio::task::spawn_blocking(move || {
                 let client = client.upgrade()?;
                 let reachable = client
@@ -306,7 +308,7 @@ where
                 Ok(Some(false)) if !lost => {
                     tracing::warn!(
                         "No Kafka broker answers metadata requests: the bootstrap servers are \
-                         given to the client again, and again every minute until one answers"
+                         given to the client again, and again until one answers"
                     );
                     lost = true;
                 }
