@@ -1,8 +1,10 @@
 //! The real pipeline on the local stack (API stand-in → source → Kafka + the registry → sink →
 //! PostgreSQL), scraped by the stack's real Prometheus: every PromQL expression of the Pipeline
-//! dashboard must return data from Prometheus, and every SQL query of the Trending dashboard
-//! (variables substituted) must return rows from PostgreSQL. A renamed metric or a broken query
-//! fails here.
+//! dashboard must return data from Prometheus, every metric it names must have series there
+//! (an expression ending in `or vector(0)` returns data even when its metric is gone, so the
+//! run includes an API retry and a dead-lettered record, for the metrics only those create),
+//! and every SQL query of the Trending dashboard (variables substituted) must return rows from
+//! PostgreSQL. A renamed metric or a broken query fails here.
 //!
 //! The connectors listen on 9101 and 9102, the ports `prometheus/local.yml` scrapes.
 
@@ -12,8 +14,9 @@ use std::time::Duration;
 
 use pipeline::{sink_binary, spawn};
 use plumbing::testing::{unique, Stack};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::Value;
-use source_connector::standin::StandIn;
+use source_connector::standin::{Fault, StandIn};
 
 const API_KEY: &str = "AIzaTEST-dashboards-key";
 
@@ -38,6 +41,18 @@ fn dashboard(name: &str) -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
+/// The connectors' metrics a PromQL expression reads (`source_…`, `sink_…`).
+fn metrics_named(expr: &str) -> Vec<String> {
+    let mut names: Vec<String> = expr
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("source_") || w.starts_with("sink_"))
+        .map(str::to_string)
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
 fn targets<'a>(d: &'a Value, field: &str) -> Vec<(&'a str, &'a str)> {
     d["panels"]
         .as_array()
@@ -60,6 +75,8 @@ async fn every_dashboard_query_returns_data_from_the_running_pipeline() {
     let api = StandIn::start().await;
     api.set_chart("FR", 60);
     api.set_chart("US", 40);
+    // One API answer fails and is retried: `source_api_retries_total` exists after that only.
+    api.push_faults([Fault::Status(503, "backendError")]);
     let topic = unique("test-");
     let db = stack.create_database().await.unwrap();
     let common = [
@@ -123,8 +140,18 @@ async fn every_dashboard_query_returns_data_from_the_running_pipeline() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
+    // A record that is not Avro: dead-lettered, `sink_records_dead_lettered_total` exists.
+    let producer: FutureProducer = stack.kafka_config(&[]).create().unwrap();
+    producer
+        .send(
+            FutureRecord::to(&topic).key("poison").payload("not avro"),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+
     // Every PromQL expression of the Pipeline dashboard returns data (retried while the first
-    // scrapes arrive).
+    // scrapes arrive), and every metric it names has series.
     let prom = prometheus_url();
     let pipeline = dashboard("pipeline.json");
     for (title, expr) in targets(&pipeline, "expr") {
@@ -143,6 +170,21 @@ async fn every_dashboard_query_returns_data_from_the_running_pipeline() {
                 "`{title}` returns no data: {q}"
             );
             tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        for metric in metrics_named(&q) {
+            let series = format!("count({{__name__=\"{metric}\"}})");
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            loop {
+                let answer = prometheus_query(&prom, &series).await;
+                if !answer["data"]["result"].as_array().unwrap().is_empty() {
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "`{title}` names `{metric}`, which has no series: {q}"
+                );
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
         }
     }
 
