@@ -722,3 +722,42 @@ async fn the_charts_table_says_which_charts_are_complete() {
     assert_eq!(dump(&db).await, tables);
     replay.stop().await;
 }
+
+/// DATABASE_URL_FILE: the URL is read from the file, which wins over DATABASE_URL (here a wrong
+/// one); the rows are written and the password reaches no log line.
+#[tokio::test]
+async fn the_database_url_can_come_from_a_file() {
+    let stack = Stack::from_env().unwrap();
+    let topic = stack.create_topic(1).await.unwrap();
+    let group = unique("sink-");
+    let db = stack.create_database().await.unwrap();
+    let file = std::env::temp_dir().join(unique("database-url-"));
+    std::fs::write(&file, format!("{}\n", db.url)).unwrap();
+    let p = producer(&stack);
+    let ends = produce_raw(
+        &p,
+        &topic,
+        encode(&stack, &topic, &chart("FR", 5, at(1_000), 1)).await,
+    )
+    .await;
+    let sink = Sink::spawn(
+        &stack,
+        &db,
+        &topic,
+        &group,
+        &[
+            ("DATABASE_URL", "postgres://nobody:wrong@127.0.0.1:1/none"),
+            ("DATABASE_URL_FILE", file.to_str().unwrap()),
+        ],
+    );
+    wait_committed(&stack, &topic, &group, 1, &ends, &sink).await;
+    let snapshots: i64 = connect(&db)
+        .await
+        .query_one("SELECT count(*) FROM video_snapshots", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(snapshots, 5);
+    sink.stop().await;
+    let _ = std::fs::remove_file(&file);
+}

@@ -313,5 +313,26 @@ pub fn cases(id: u32, other_id: u32, recursive_id: u32, fetched_ms: i64) -> Vec<
             snapshots: 1,
         },
     });
+    // The future bound (10 minutes of clock skew between hosts) from both sides.
+    let (key, value) = changed("W4", &|v| {
+        v.fetched_at = Utc::now() + chrono::TimeDelta::minutes(5)
+    });
+    cases.push(Case {
+        name: "fetched_at 5 minutes in the future (within the clock skew allowed)",
+        records: vec![(key, value)],
+        expect: Written {
+            video_id: "W4".into(),
+            snapshots: 1,
+        },
+    });
+    let (key, value) = changed("E27", &|v| {
+        v.fetched_at = Utc::now() + chrono::TimeDelta::minutes(11)
+    });
+    cases.push(dlq(
+        "fetched_at 11 minutes in the future (past the clock skew allowed)",
+        key,
+        value,
+        "invalid",
+    ));
     cases
 }
