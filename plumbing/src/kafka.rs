@@ -186,7 +186,7 @@ fn is_secret(key: &str) -> bool {
 /// test gave up (`broker_restart.rs`, 2 of 3 tests failed). Fatal errors (fenced, out of
 /// sequence) end a producer for good as well. A new producer (a new producer id) publishes at
 /// once. Dropping the old one, once no other send still holds it, purges what it still queued,
-/// so a failed poll's records not yet sent stop there.
+/// so a failed send's records not yet sent stop there.
 pub struct RenewableProducer {
     config: ClientConfig,
     current: std::sync::Mutex<FutureProducer>,
@@ -268,7 +268,7 @@ where
     };
     let topic = topic.to_string();
     tokio::spawn(async move {
-        let mut lost = false;
+        // Checks failed in a row: the outage so far.
         let mut failed_checks = 0u32;
         loop {
             tokio::time::sleep(WATCH_INTERVAL).await;
@@ -296,23 +296,21 @@ where
             })
             .await;
             match checked {
-                Ok(Some(true)) => failed_checks = 0,
-                Ok(Some(false)) => failed_checks += 1,
-                _ => {}
-            }
-            match checked {
-                Ok(Some(true)) if lost => {
-                    tracing::info!("Kafka metadata answers again");
-                    lost = false;
+                Ok(Some(true)) => {
+                    if failed_checks > 0 {
+                        tracing::info!("Kafka metadata answers again");
+                    }
+                    failed_checks = 0;
                 }
-                Ok(Some(false)) if !lost => {
-                    tracing::warn!(
-                        "No Kafka broker answers metadata requests: the bootstrap servers are \
-                         given to the client again, and again until one answers"
-                    );
-                    lost = true;
+                Ok(Some(false)) => {
+                    if failed_checks == 0 {
+                        tracing::warn!(
+                            "No Kafka broker answers metadata requests: the bootstrap servers \
+                             are given to the client again, and again until one answers"
+                        );
+                    }
+                    failed_checks += 1;
                 }
-                Ok(Some(_)) => {}
                 // The client is gone (or the check panicked): nothing left to watch.
                 _ => return,
             }

@@ -45,9 +45,9 @@ use crate::write::Writer;
 pub const READINESS_CHECKS: &[&str] = &["kafka", "postgres", "schema_registry"];
 
 /// [`Sink::finishing`]'s states.
-const IDLE: u8 = 0;
-const BUSY: u8 = 1;
-const FAILED: u8 = 2;
+const NOT_WRITING: u8 = 0;
+const WRITING: u8 = 1;
+const WRITE_FAILED: u8 = 2;
 
 struct Sink {
     consumer: std::sync::Arc<SinkConsumer>,
@@ -60,7 +60,7 @@ struct Sink {
     lag: consume::LagReporter,
     /// Stages waiting for a dependency; fetching is paused while there is one.
     fetch_holders: std::sync::Mutex<usize>,
-    /// Where the batch being written stands: [`IDLE`], [`BUSY`] or [`FAILED`] (then the
+    /// Where the batch being written stands: [`NOT_WRITING`], [`WRITING`] or [`WRITE_FAILED`] (then the
     /// sink stops: the position must not be committed past a batch that was not written).
     finishing: std::sync::atomic::AtomicU8,
 }
@@ -135,7 +135,7 @@ pub async fn run(
         tolerance: config.errors_tolerance,
         lag: consume::LagReporter::start(&config.kafka, &config.topic)?,
         fetch_holders: std::sync::Mutex::new(0),
-        finishing: std::sync::atomic::AtomicU8::new(IDLE),
+        finishing: std::sync::atomic::AtomicU8::new(NOT_WRITING),
     };
     let charts_watch = tokio::spawn(watch_charts(chart_writer, config.chart_grace));
     tracing::info!(topic = %config.topic, group = %config.group_id, dlq = sink.dlq.topic(),
@@ -148,15 +148,21 @@ pub async fn run(
     let result = loop {
         let previous = pending.take();
         if previous.is_some() {
-            sink.finishing.store(BUSY, SeqCst);
+            sink.finishing.store(WRITING, SeqCst);
         }
         let finishing = async {
             let finished = match previous {
                 Some(p) => sink.finish(p).await,
                 None => Ok(()),
             };
-            sink.finishing
-                .store(if finished.is_ok() { IDLE } else { FAILED }, SeqCst);
+            sink.finishing.store(
+                if finished.is_ok() {
+                    NOT_WRITING
+                } else {
+                    WRITE_FAILED
+                },
+                SeqCst,
+            );
             finished
         };
         let preparing = async {
@@ -269,8 +275,8 @@ impl Sink {
     /// batch's error.
     fn idle(&self) -> bool {
         match self.finishing.load(SeqCst) {
-            BUSY => return true,
-            FAILED => return false,
+            WRITING => return true,
+            WRITE_FAILED => return false,
             _ => {}
         }
         match consume::commit_positions(&self.consumer, &self.lag) {

@@ -84,7 +84,7 @@ WITH written AS (
         like_count = EXCLUDED.like_count, comment_count = EXCLUDED.comment_count,
         favorite_count = EXCLUDED.favorite_count
     RETURNING region_code, fetched_at, (xmax = 0) AS inserted
-), charted AS (
+), charts_counted AS (
     INSERT INTO charts (region_code, fetched_at, chart_size, videos_written)
     SELECT w.region_code, w.fetched_at, c.chart_size, w.added
     FROM (SELECT region_code, fetched_at, count(*) FILTER (WHERE inserted) AS added
@@ -96,9 +96,9 @@ WITH written AS (
     ON CONFLICT (region_code, fetched_at) DO UPDATE SET
         videos_written = charts.videos_written + EXCLUDED.videos_written,
         chart_size = COALESCE(EXCLUDED.chart_size, charts.chart_size)
-    RETURNING 1
 )
-SELECT (SELECT count(*) FROM written), (SELECT count(*) FROM charted)";
+-- PostgreSQL runs a data-modifying WITH whole whether or not the query reads it.
+SELECT count(*) FROM written";
 
 /// Charts with fewer videos stored than their size, `fetched_at` older than `$1` seconds.
 const INCOMPLETE_CHARTS: &str = "

@@ -34,8 +34,6 @@ pub enum ProduceError {
     Encode(String),
     #[error("the broker did not acknowledge every record of the poll: {0}")]
     Kafka(#[from] KafkaError),
-    #[error("the broker did not acknowledge every record within {0:?}")]
-    Timeout(Duration),
     #[error("saving the schedule state failed: {0:#}")]
     State(anyhow::Error),
     #[error(transparent)]
@@ -155,9 +153,8 @@ impl Publisher {
                         .map(|_| ())
                         .map_err(|(e, _)| ProduceError::Kafka(e))
                 });
-                tokio::time::timeout(self.timeout, try_join_all(sends))
-                    .await
-                    .map_err(|_| ProduceError::Timeout(self.timeout))??;
+                // Bounded as a whole by the transaction (PRODUCE_TIMEOUT).
+                try_join_all(sends).await?;
                 state::save(producer, &self.state_topic, state, self.timeout)
                     .await
                     .map_err(ProduceError::State)
