@@ -1,8 +1,8 @@
 # One entry point for the local stack and the tests. `make help` lists the targets.
-.PHONY: help install up down status test lint demo demo-down bench chaos
+.PHONY: help install up down status test lint demo demo-down bench bench-peers chaos
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 
 install: ## install the stack's components if missing (Kafka and Apicurio from Maven Central, PostgreSQL, Prometheus, build deps)
 	scripts/stack.sh install
@@ -24,9 +24,14 @@ demo-down: ## stop the demo's connectors and the stack
 
 bench: up ## throughput vs the raw PostgreSQL limit, scaling, latency, memory (BENCH_RECORDS, BENCH_BATCH, ...)
 	@# Two builds: with two -p and a pkg/feature flag cargo leaves out the stand-in (required-features).
-	cargo build --release -p sink-connector --bins --examples
+	cargo build --release -p sink-connector -p bench --bins
 	cargo build --release -p source-connector --features standin --bins
-	target/release/examples/bench
+	target/release/bench
+
+bench-peers: up ## our sink against Kafka Connect + Debezium's JDBC sink on the same topic (PEERS_RECORDS, 500,000)
+	scripts/peers/connect.sh install
+	cargo build --release -p sink-connector -p bench --bins
+	target/release/bench-peers
 
 chaos: up ## sink SIGKILLed 50 times and PostgreSQL restarted under it; then the source SIGKILLed 50 times while it publishes; prints figures (CHAOS_CYCLES, CHAOS_SEED)
 	CHAOS_CYCLES=$${CHAOS_CYCLES:-50} cargo test -p sink-connector --test chaos -- --nocapture

@@ -17,168 +17,21 @@
 //! Settings: `BENCH_RECORDS` (1,000,000), `BENCH_BATCH` (5000), `BENCH_LATENCY_RATE` (records/s,
 //! 2000), `BENCH_LATENCY_SECS` (60). End offsets come from the producer's delivery reports.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
+use bench::{
+    drain, encode, ensure_release_bins, env_usize, expected_snapshots, mib, our_sink, produce,
+    records, register, release_bin, spawn_sink, stop, Checksum, Drain, Filled, Usage,
+};
 use chrono::{DateTime, TimeZone, Utc};
 use plumbing::testing::{unique, Stack};
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Offset, TopicPartitionList};
-use schema_registry_converter::async_impl::schema_registry::{post_schema, SrSettings};
-use schema_registry_converter::avro_common::get_supplied_schema;
 use schemas::TrendingVideo;
 use secrecy::SecretString;
 use sink_connector::write::Writer;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// Realistic records: 200 videos per chart, polls every 30 min, 4 regions, texts of hundreds
-/// of bytes.
-fn records(n: usize) -> Vec<TrendingVideo> {
-    let regions = ["FR", "US", "JP", "DE"];
-    (0..n)
-        .map(|i| {
-            let poll = i / 800;
-            let region = regions[(i / 200) % 4];
-            let rank = (i % 200) as i32 + 1;
-            let at = Utc
-                .timestamp_opt(1_764_000_000 + poll as i64 * 1800, 0)
-                .unwrap();
-            let mut v = schemas::sample(
-                &format!("{region}{:09}", (i % 200) + poll % 50 * 7),
-                region,
-                rank,
-                at,
-            );
-            v.view_count = Some(1_000_000 + i as i64);
-            v.chart_size = Some(200);
-            v
-        })
-        .collect()
-}
-
-/// The Confluent wire format of `v` with schema `id`: key and value bytes.
-fn encode(id: u32, v: &TrendingVideo) -> (String, Vec<u8>) {
-    let mut bytes = vec![0u8];
-    bytes.extend_from_slice(&id.to_be_bytes());
-    bytes.extend(apache_avro::to_avro_datum(schemas::schema(), v.to_avro()).expect("encodes"));
-    (v.video_id.clone(), bytes)
-}
-
-/// Peak RSS (bytes) and CPU seconds (user + system) of a live process.
-fn rss_and_cpu(pid: u32) -> (u64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let hwm_kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|t| t.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (hwm_kb * 1024, (ticks(11) + ticks(12)) / 100.0)
-}
-
-/// Peak RSS and CPU of a set of processes, sampled while they run.
-#[derive(Default)]
-struct Usage {
-    peak_rss: Vec<u64>,
-    cpu: Vec<f64>,
-}
-
-impl Usage {
-    fn sample(&mut self, children: &[Child]) {
-        self.peak_rss.resize(children.len(), 0);
-        self.cpu.resize(children.len(), 0.0);
-        for (i, c) in children.iter().enumerate() {
-            let (rss, cpu) = rss_and_cpu(c.id());
-            self.peak_rss[i] = self.peak_rss[i].max(rss);
-            if cpu > 0.0 {
-                self.cpu[i] = cpu;
-            }
-        }
-    }
-
-    fn max_rss(&self) -> u64 {
-        self.peak_rss.iter().copied().max().unwrap_or(0)
-    }
-
-    fn total_cpu(&self) -> f64 {
-        self.cpu.iter().sum()
-    }
-}
-
-fn stop(children: Vec<Child>) {
-    for mut c in children {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
-}
-
-fn release_bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("own path");
-    // target/release/examples/bench -> target/release/<name>
-    exe.parent().unwrap().parent().unwrap().join(name)
-}
-
-fn spawn_sink(
-    stack: &Stack,
-    db_url: &str,
-    topic: &str,
-    group: &str,
-    batch: usize,
-    http_addr: &str,
-    kafka_properties: &str,
-) -> anyhow::Result<Child> {
-    let mut command = Command::new(release_bin("sink-connector"));
-    if !kafka_properties.is_empty() {
-        command.env("KAFKA_PROPERTIES", kafka_properties);
-    }
-    command
-        .env("DATABASE_URL", db_url)
-        .env("KAFKA_TOPIC", topic)
-        .env("KAFKA_GROUP_ID", group)
-        .env("KAFKA_BOOTSTRAP_SERVERS", &stack.kafka_bootstrap)
-        .env("SCHEMA_REGISTRY_URL", &stack.registry_url)
-        .env("SINK_BATCH_MAX_RECORDS", batch.to_string())
-        .env("HTTP_ADDR", http_addr)
-        .env(
-            "LOG_LEVEL",
-            std::env::var("BENCH_SINK_LOG_LEVEL").unwrap_or_else(|_| "warn".into()),
-        )
-        .spawn()
-        .context("starting target/release/sink-connector (built by `make bench`)")
-}
-
-async fn register(stack: &Stack, topic: &str) -> anyhow::Result<u32> {
-    Ok(post_schema(
-        &SrSettings::new(stack.registry_url.clone()),
-        format!("{topic}-value"),
-        get_supplied_schema(schemas::schema()),
-    )
-    .await?
-    .id)
-}
 
 /// Step 1: The raw limit: rows/s.
 async fn raw_limit(stack: &Stack, data: &[TrendingVideo], batch: usize) -> anyhow::Result<f64> {
@@ -196,40 +49,6 @@ async fn raw_limit(stack: &Stack, data: &[TrendingVideo], batch: usize) -> anyho
         writer.write(&sink_connector::batch::dedup(chunk)).await?;
     }
     Ok(data.len() as f64 / started.elapsed().as_secs_f64())
-}
-
-/// Produces `data` to a new 6-partition topic, batched as the source's producer writes
-/// (`linger.ms` 20); returns the topic and its end offset per partition.
-async fn produce(
-    stack: &Stack,
-    data: &[TrendingVideo],
-) -> anyhow::Result<(String, HashMap<i32, i64>)> {
-    let topic = unique("bench-");
-    stack.create_named_topic(&topic, 6, HashMap::new()).await?;
-    let id = register(stack, &topic).await?;
-    let producer: FutureProducer = stack
-        .kafka_config(&[
-            ("acks", "all"),
-            ("enable.idempotence", "true"),
-            ("linger.ms", "20"),
-        ])
-        .create()?;
-    let mut ends: HashMap<i32, i64> = HashMap::new();
-    for chunk in data.chunks(10_000) {
-        let encoded: Vec<(String, Vec<u8>)> = chunk.iter().map(|v| encode(id, v)).collect();
-        let sends = encoded.iter().map(|(k, b)| {
-            producer.send(
-                FutureRecord::to(&topic).key(k).payload(b),
-                Duration::from_secs(60),
-            )
-        });
-        for d in futures::future::join_all(sends).await {
-            let d = d.map_err(|(e, _)| e)?;
-            let end = ends.entry(d.partition).or_insert(0);
-            *end = (*end).max(d.offset + 1);
-        }
-    }
-    Ok((topic, ends))
 }
 
 /// Step 2: Reads the whole topic with a fresh group and the sink's fetch settings, doing nothing
@@ -250,92 +69,30 @@ async fn broker_read_limit(stack: &Stack, topic: &str, n: usize) -> anyhow::Resu
     Ok(n as f64 / started.elapsed().as_secs_f64())
 }
 
-/// One sink drain.
-struct Drain {
-    batch: usize,
-    instances: usize,
-    rows_per_sec: f64,
-    usage: Usage,
-}
-
-/// Step 3: Starts `instances` sinks with a fresh group and database, times them until every
-/// offset of `ends` is committed, then checks that every snapshot row is in the database.
-async fn drain(
+/// Step 3: `instances` sinks with a fresh group and database, timed until every offset is
+/// committed, their rows checked against `expected`.
+async fn sink_drain(
     stack: &Stack,
-    topic: &str,
-    ends: &HashMap<i32, i64>,
-    snapshots: i64,
+    filled: &Filled,
+    expected: &Checksum,
     batch: usize,
     instances: usize,
     kafka_properties: &str,
 ) -> anyhow::Result<Drain> {
-    let records: i64 = ends.values().sum();
-    let db = stack.create_database().await?;
-    let group = unique("bench-");
-    let started = Instant::now();
-    let mut sinks = Vec::new();
-    for _ in 0..instances {
-        sinks.push(spawn_sink(
-            stack,
-            &db.url,
-            topic,
-            &group,
-            batch,
-            "127.0.0.1:0",
-            kafka_properties,
-        )?);
+    let mut label = format!("sink drain batch {batch} x{instances}");
+    if !kafka_properties.is_empty() {
+        label.push_str(&format!(" ({kafka_properties})"));
     }
-    let reader: BaseConsumer = stack.kafka_config(&[("group.id", &group)]).create()?;
-    let mut usage = Usage::default();
-    loop {
-        usage.sample(&sinks);
-        let mut ask = TopicPartitionList::new();
-        for p in ends.keys() {
-            ask.add_partition(topic, *p);
-        }
-        let list = reader.committed_offsets(ask, Duration::from_secs(10))?;
-        let done = ends.iter().all(|(p, end)| {
-            list.find_partition(topic, *p).map(|e| e.offset()) == Some(Offset::Offset(*end))
-        });
-        drop(list);
-        if done {
-            break;
-        }
-        if started.elapsed() > Duration::from_secs(900) {
-            stop(sinks);
-            anyhow::bail!("the sink did not drain in 15 min");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let secs = started.elapsed().as_secs_f64();
-    stop(sinks);
-    // A drain only counts if it wrote everything.
-    let writer = Writer::new(
-        &SecretString::from(db.url.clone()),
-        1,
-        Duration::from_secs(60),
-    )?;
-    let rows: i64 = writer
-        .client()
-        .await?
-        .query_one("SELECT count(*) FROM video_snapshots", &[])
-        .await?
-        .get(0);
-    ensure!(
-        rows == snapshots,
-        "drain batch {batch} x{instances}: {rows} snapshot rows, {snapshots} expected"
-    );
-    let d = Drain {
-        batch,
-        instances,
-        rows_per_sec: records as f64 / secs,
-        usage,
-    };
-    eprintln!(
-        "bench: drain batch {batch} x{instances}: {:.0} rows/s",
-        d.rows_per_sec
-    );
-    Ok(d)
+    let sinks = our_sink(stack, &filled.topic, batch, instances, kafka_properties);
+    drain(
+        stack,
+        filled,
+        expected,
+        &label,
+        Duration::from_secs(900),
+        sinks,
+    )
+    .await
 }
 
 /// Produce-to-visible latency figures, in milliseconds.
@@ -379,15 +136,7 @@ async fn latency(stack: &Stack, rate: usize, secs: usize) -> anyhow::Result<Late
     let mut client = writer.client().await?;
     sink_connector::migrate::run(&mut client).await?;
     client.batch_execute(MARK_VISIBLE).await?;
-    let sink = spawn_sink(
-        stack,
-        &db.url,
-        &topic,
-        &unique("bench-"),
-        5000,
-        "127.0.0.1:0",
-        "",
-    )?;
+    let sink = spawn_sink(stack, &db.url, &topic, &unique("bench-"), 5000, "")?;
     let producer: FutureProducer = stack
         .kafka_config(&[("acks", "all"), ("enable.idempotence", "true")])
         .create()?;
@@ -552,10 +301,6 @@ async fn source_poll(stack: &Stack) -> anyhow::Result<SourcePoll> {
     })
 }
 
-fn mib(bytes: u64) -> f64 {
-    bytes as f64 / 1048576.0
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let n = env_usize("BENCH_RECORDS", 1_000_000);
@@ -563,46 +308,36 @@ async fn main() -> anyhow::Result<()> {
     let rate = env_usize("BENCH_LATENCY_RATE", 2000);
     let latency_secs = env_usize("BENCH_LATENCY_SECS", 60);
     let stack = Stack::from_env()?;
-    for bin in ["sink-connector", "source-connector", "youtube-standin"] {
-        ensure!(
-            Path::new(&release_bin(bin)).exists(),
-            "target/release/{bin} is missing: run `make bench`, which builds it"
-        );
-    }
+    ensure_release_bins(&["sink-connector", "source-connector", "youtube-standin"])?;
     let begun = Instant::now();
     let data = records(n);
     eprintln!("bench: {n} records, batch {batch}");
 
     let raw_rps = raw_limit(&stack, &data, batch).await?;
     eprintln!("bench: raw limit {raw_rps:.0} rows/s");
-    let (topic, ends) = produce(&stack, &data).await?;
-    let snapshots = data
-        .iter()
-        .map(|v| (&v.region_code, v.fetched_at, &v.video_id))
-        .collect::<std::collections::HashSet<_>>()
-        .len() as i64;
+    let filled = produce(&stack, &data).await?;
+    let expected = expected_snapshots(&stack, &data).await?;
     drop(data);
-    eprintln!("bench: produced {n} records to {topic}");
-    let read_rps = broker_read_limit(&stack, &topic, n).await?;
+    eprintln!("bench: produced {n} records to {}", filled.topic);
+    let read_rps = broker_read_limit(&stack, &filled.topic, n).await?;
     eprintln!("bench: broker read limit {read_rps:.0} records/s");
 
-    let main = drain(&stack, &topic, &ends, snapshots, batch, 1, "").await?;
+    let main = sink_drain(&stack, &filled, &expected, batch, 1, "").await?;
     // The sink's fetch.queue.backoff.ms against librdkafka's default, side by side.
-    let default_backoff = drain(
+    let default_backoff = sink_drain(
         &stack,
-        &topic,
-        &ends,
-        snapshots,
+        &filled,
+        &expected,
         batch,
         1,
         "fetch.queue.backoff.ms=1000",
     )
     .await?;
     let mut scaling = Vec::new();
-    for b in [batch / 5, batch * 4] {
-        scaling.push(drain(&stack, &topic, &ends, snapshots, b.max(1), 1, "").await?);
+    for (b, instances) in [(batch / 5, 1), (batch * 4, 1), (batch, 2)] {
+        let d = sink_drain(&stack, &filled, &expected, b.max(1), instances, "").await?;
+        scaling.push((b.max(1), instances, d));
     }
-    scaling.push(drain(&stack, &topic, &ends, snapshots, batch, 2, "").await?);
     let lat = latency(&stack, rate, latency_secs).await?;
     let src = source_poll(&stack).await?;
     let ratio = main.rows_per_sec / raw_rps;
@@ -623,11 +358,9 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("| sink peak RSS (MiB) | {:.1} |", mib(main.usage.max_rss()));
     println!("| sink CPU (s) | {:.1} |", main.usage.total_cpu());
-    for d in &scaling {
+    for (batch, instances, d) in &scaling {
         println!(
-            "| sink drain, batch {} x{} instance(s) (rows/s; peak RSS MiB) | {:.0}; {:.1} |",
-            d.batch,
-            d.instances,
+            "| sink drain, batch {batch} x{instances} instance(s) (rows/s; peak RSS MiB) | {:.0}; {:.1} |",
             d.rows_per_sec,
             mib(d.usage.max_rss())
         );
@@ -656,8 +389,8 @@ async fn main() -> anyhow::Result<()> {
         "sink_rows_per_sec_default_fetch_queue_backoff": default_backoff.rows_per_sec,
         "sink_peak_rss_bytes": main.usage.max_rss(),
         "sink_cpu_seconds": main.usage.total_cpu(),
-        "scaling": scaling.iter().map(|d| serde_json::json!({
-            "batch": d.batch, "instances": d.instances, "rows_per_sec": d.rows_per_sec,
+        "scaling": scaling.iter().map(|(batch, instances, d)| serde_json::json!({
+            "batch": batch, "instances": instances, "rows_per_sec": d.rows_per_sec,
             "peak_rss_bytes": d.usage.max_rss(), "cpu_seconds": d.usage.total_cpu(),
         })).collect::<Vec<_>>(),
         "e2e_rate_per_sec": lat.rate,

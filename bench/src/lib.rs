@@ -1,0 +1,460 @@
+//! What both benchmarks share: the records, producing them as the source does, timing a drain
+//! to the last committed offset while sampling the processes' RSS and CPU, and checking the
+//! rows a drain left against the records produced.
+//!
+//! - `bench` (`make bench`): both connectors against the raw PostgreSQL limit;
+//! - `bench-peers` (`make bench-peers`): the sink against Kafka Connect with Debezium's JDBC sink.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context};
+use chrono::{TimeZone, Utc};
+use futures::SinkExt;
+use plumbing::testing::{unique, Stack, TestDatabase};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use schema_registry_converter::async_impl::schema_registry::{post_schema, SrSettings};
+use schema_registry_converter::avro_common::get_supplied_schema;
+use schemas::TrendingVideo;
+use secrecy::SecretString;
+use sink_connector::write::Writer;
+
+pub fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Realistic records: 200 videos per chart, polls every 30 min, 4 regions, texts of hundreds
+/// of bytes. Each (region, poll, video) once, so every record is one snapshot row.
+pub fn records(n: usize) -> Vec<TrendingVideo> {
+    let regions = ["FR", "US", "JP", "DE"];
+    (0..n)
+        .map(|i| {
+            let poll = i / 800;
+            let region = regions[(i / 200) % 4];
+            let rank = (i % 200) as i32 + 1;
+            let at = Utc
+                .timestamp_opt(1_764_000_000 + poll as i64 * 1800, 0)
+                .unwrap();
+            let mut v = schemas::sample(
+                &format!("{region}{:09}", (i % 200) + poll % 50 * 7),
+                region,
+                rank,
+                at,
+            );
+            v.view_count = Some(1_000_000 + i as i64);
+            // Some counts hidden, as channels do: the checks must see nulls survive.
+            if i % 7 == 0 {
+                v.like_count = None;
+            }
+            v.chart_size = Some(200);
+            v
+        })
+        .collect()
+}
+
+/// The Confluent wire format of `v` with schema `id`: key and value bytes.
+pub fn encode(id: u32, v: &TrendingVideo) -> (String, Vec<u8>) {
+    let mut bytes = vec![0u8];
+    bytes.extend_from_slice(&id.to_be_bytes());
+    bytes.extend(apache_avro::to_avro_datum(schemas::schema(), v.to_avro()).expect("encodes"));
+    (v.video_id.clone(), bytes)
+}
+
+/// Peak RSS (bytes) and CPU seconds (user + system) of a live process.
+fn rss_and_cpu(pid: u32) -> (u64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let hwm_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|t| t.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (hwm_kb * 1024, (ticks(11) + ticks(12)) / 100.0)
+}
+
+/// Peak RSS and CPU of a set of processes, sampled while they run.
+#[derive(Default)]
+pub struct Usage {
+    peak_rss: Vec<u64>,
+    cpu: Vec<f64>,
+}
+
+impl Usage {
+    pub fn sample(&mut self, children: &[Child]) {
+        self.peak_rss.resize(children.len(), 0);
+        self.cpu.resize(children.len(), 0.0);
+        for (i, c) in children.iter().enumerate() {
+            let (rss, cpu) = rss_and_cpu(c.id());
+            self.peak_rss[i] = self.peak_rss[i].max(rss);
+            if cpu > 0.0 {
+                self.cpu[i] = cpu;
+            }
+        }
+    }
+
+    /// The largest peak of one process: what one instance needs.
+    pub fn max_rss(&self) -> u64 {
+        self.peak_rss.iter().copied().max().unwrap_or(0)
+    }
+
+    pub fn total_cpu(&self) -> f64 {
+        self.cpu.iter().sum()
+    }
+}
+
+pub fn stop(children: Vec<Child>) {
+    for mut c in children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+/// A binary of the workspace built in release mode (`make bench` builds them).
+pub fn release_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("own path");
+    // target/release/bench -> target/release/<name>
+    exe.parent().unwrap().join(name)
+}
+
+pub fn ensure_release_bins(bins: &[&str]) -> anyhow::Result<()> {
+    for bin in bins {
+        ensure!(
+            release_bin(bin).exists(),
+            "target/release/{bin} is missing: run the benchmark through make, which builds it"
+        );
+    }
+    Ok(())
+}
+
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("bench sits in the workspace")
+        .to_path_buf()
+}
+
+pub fn mib(bytes: u64) -> f64 {
+    bytes as f64 / 1048576.0
+}
+
+/// Starts one sink binary on `topic` with `group`, writing into `db_url`.
+pub fn spawn_sink(
+    stack: &Stack,
+    db_url: &str,
+    topic: &str,
+    group: &str,
+    batch: usize,
+    kafka_properties: &str,
+) -> anyhow::Result<Child> {
+    let mut command = Command::new(release_bin("sink-connector"));
+    if !kafka_properties.is_empty() {
+        command.env("KAFKA_PROPERTIES", kafka_properties);
+    }
+    command
+        .env("DATABASE_URL", db_url)
+        .env("KAFKA_TOPIC", topic)
+        .env("KAFKA_GROUP_ID", group)
+        .env("KAFKA_BOOTSTRAP_SERVERS", &stack.kafka_bootstrap)
+        .env("SCHEMA_REGISTRY_URL", &stack.registry_url)
+        .env("SINK_BATCH_MAX_RECORDS", batch.to_string())
+        .env("HTTP_ADDR", "127.0.0.1:0")
+        .env(
+            "LOG_LEVEL",
+            std::env::var("BENCH_SINK_LOG_LEVEL").unwrap_or_else(|_| "warn".into()),
+        )
+        .spawn()
+        .context("starting target/release/sink-connector")
+}
+
+/// Registers the record schema for `topic`'s values; returns its id.
+pub async fn register(stack: &Stack, topic: &str) -> anyhow::Result<u32> {
+    Ok(post_schema(
+        &SrSettings::new(stack.registry_url.clone()),
+        format!("{topic}-value"),
+        get_supplied_schema(schemas::schema()),
+    )
+    .await?
+    .id)
+}
+
+/// A topic filled by [`produce`]: its name and end offset per partition.
+pub struct Filled {
+    pub topic: String,
+    pub ends: HashMap<i32, i64>,
+}
+
+impl Filled {
+    pub fn records(&self) -> i64 {
+        self.ends.values().sum()
+    }
+}
+
+/// Produces `data` to a new 6-partition topic, batched as the source's producer writes
+/// (`linger.ms` 20), keyed by video id, values under our registered schema. End offsets come
+/// from the producer's delivery reports.
+pub async fn produce(stack: &Stack, data: &[TrendingVideo]) -> anyhow::Result<Filled> {
+    let topic = unique("bench-");
+    stack.create_named_topic(&topic, 6, HashMap::new()).await?;
+    let id = register(stack, &topic).await?;
+    let producer: FutureProducer = stack
+        .kafka_config(&[
+            ("acks", "all"),
+            ("enable.idempotence", "true"),
+            ("linger.ms", "20"),
+        ])
+        .create()?;
+    let mut ends: HashMap<i32, i64> = HashMap::new();
+    for chunk in data.chunks(10_000) {
+        let encoded: Vec<(String, Vec<u8>)> = chunk.iter().map(|v| encode(id, v)).collect();
+        let sends = encoded.iter().map(|(k, b)| {
+            producer.send(
+                FutureRecord::to(&topic).key(k).payload(b),
+                Duration::from_secs(60),
+            )
+        });
+        for d in futures::future::join_all(sends).await {
+            let d = d.map_err(|(e, _)| e)?;
+            let end = ends.entry(d.partition).or_insert(0);
+            *end = (*end).max(d.offset + 1);
+        }
+    }
+    Ok(Filled { topic, ends })
+}
+
+/// A database client for `url`.
+pub async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+/// Count and order-independent checksum of `video_snapshots`, over every column: two tables
+/// with the same figures hold the same rows (up to a 64-bit hash collision). Timestamps are
+/// taken as epoch milliseconds, so the session's time zone plays no part.
+const SNAPSHOTS_CHECKSUM: &str = "
+SELECT count(*), coalesce(sum(hashtextextended(concat_ws('|',
+         region_code, (extract(epoch FROM fetched_at) * 1000)::bigint, video_id, rank,
+         coalesce(view_count::text, '-'), coalesce(like_count::text, '-'),
+         coalesce(comment_count::text, '-'), coalesce(favorite_count::text, '-')), 0)), 0)::text
+  FROM video_snapshots";
+
+/// A snapshot table's figures (see [`SNAPSHOTS_CHECKSUM`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checksum {
+    pub rows: i64,
+    pub sum: String,
+}
+
+pub async fn snapshots_checksum(client: &tokio_postgres::Client) -> anyhow::Result<Checksum> {
+    let row = client.query_one(SNAPSHOTS_CHECKSUM, &[]).await?;
+    Ok(Checksum {
+        rows: row.get(0),
+        sum: row.get(1),
+    })
+}
+
+/// The figures a drain of `data` must leave: the snapshot rows copied straight into a fresh
+/// database (text `COPY`, none of the sink's code), then summed there.
+pub async fn expected_snapshots(stack: &Stack, data: &[TrendingVideo]) -> anyhow::Result<Checksum> {
+    let keys: HashSet<_> = data
+        .iter()
+        .map(|v| (&v.region_code, v.fetched_at, &v.video_id))
+        .collect();
+    ensure!(
+        keys.len() == data.len(),
+        "the benchmark's records must be one snapshot each"
+    );
+    let db = stack.create_database().await?;
+    let client = connect(&db.url).await?;
+    client
+        .batch_execute(
+            "CREATE TABLE video_snapshots (region_code text, fetched_at timestamptz,
+                video_id text, rank integer, view_count bigint, like_count bigint,
+                comment_count bigint, favorite_count bigint)",
+        )
+        .await?;
+    let sink = client
+        .copy_in(
+            "COPY video_snapshots FROM STDIN (FORMAT text)", // tab-separated, \N for null
+        )
+        .await?;
+    futures::pin_mut!(sink);
+    let opt = |v: Option<i64>| v.map_or_else(|| "\\N".to_string(), |n| n.to_string());
+    for chunk in data.chunks(10_000) {
+        let mut text = String::new();
+        for v in chunk {
+            text.push_str(&format!(
+                "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\n",
+                v.region_code,
+                v.fetched_at.to_rfc3339(),
+                v.video_id,
+                v.rank,
+                opt(v.view_count),
+                opt(v.like_count),
+                opt(v.comment_count),
+                opt(v.favorite_count),
+            ));
+        }
+        sink.send(bytes::Bytes::from(text)).await?;
+    }
+    sink.finish().await?;
+    snapshots_checksum(&client).await
+}
+
+/// A fresh database with the sink's tables, for one contender.
+pub async fn fresh_database(stack: &Stack) -> anyhow::Result<TestDatabase> {
+    let db = stack.create_database().await?;
+    let writer = Writer::new(
+        &SecretString::from(db.url.clone()),
+        1,
+        Duration::from_secs(60),
+    )?;
+    let mut client = writer.client().await?;
+    sink_connector::migrate::run(&mut client).await?;
+    Ok(db)
+}
+
+/// One drain of the filled topic by one contender.
+pub struct Drain {
+    pub label: String,
+    /// From starting the processes to the last offset committed.
+    pub secs: f64,
+    /// From starting the processes to the first offset committed (start-up, group join).
+    pub first_commit_secs: f64,
+    /// Records over the whole wall time.
+    pub rows_per_sec: f64,
+    /// Records committed after the first commit, over the time after it: the pace once running,
+    /// start-up left out.
+    pub steady_rows_per_sec: f64,
+    pub usage: Usage,
+}
+
+/// Starts a contender's processes (`start` gets the database and returns them with the consumer
+/// group they commit in), times them until every offset of `filled` is committed in that group,
+/// stops them, and checks that the snapshot rows equal `expected`: a drain only counts if it
+/// wrote everything, exactly.
+pub async fn drain(
+    stack: &Stack,
+    filled: &Filled,
+    expected: &Checksum,
+    label: &str,
+    timeout: Duration,
+    start: impl FnOnce(&TestDatabase) -> anyhow::Result<(Vec<Child>, String)>,
+) -> anyhow::Result<Drain> {
+    let db = fresh_database(stack).await?;
+    let started = Instant::now();
+    let (children, group) = start(&db)?;
+    let reader: BaseConsumer = stack.kafka_config(&[("group.id", &group)]).create()?;
+    let mut usage = Usage::default();
+    let mut first_commit = None;
+    loop {
+        usage.sample(&children);
+        let mut ask = TopicPartitionList::new();
+        for p in filled.ends.keys() {
+            ask.add_partition(&filled.topic, *p);
+        }
+        let list = reader.committed_offsets(ask, Duration::from_secs(10))?;
+        let committed: Vec<i64> = filled
+            .ends
+            .keys()
+            .map(
+                |p| match list.find_partition(&filled.topic, *p).map(|e| e.offset()) {
+                    Some(Offset::Offset(o)) => o,
+                    _ => 0,
+                },
+            )
+            .collect();
+        drop(list);
+        if first_commit.is_none() && committed.iter().any(|&o| o > 0) {
+            first_commit = Some((
+                started.elapsed().as_secs_f64(),
+                committed.iter().sum::<i64>(),
+            ));
+        }
+        if committed.iter().sum::<i64>() == filled.records() {
+            break;
+        }
+        if started.elapsed() > timeout {
+            stop(children);
+            anyhow::bail!(
+                "{label}: not drained in {} s ({} of {} offsets committed)",
+                timeout.as_secs(),
+                committed.iter().sum::<i64>(),
+                filled.records()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    usage.sample(&children);
+    stop(children);
+    let got = snapshots_checksum(&connect(&db.url).await?).await?;
+    ensure!(
+        &got == expected,
+        "{label}: video_snapshots holds {} rows (checksum {}), the records produced make {} (checksum {})",
+        got.rows,
+        got.sum,
+        expected.rows,
+        expected.sum
+    );
+    let (first_commit_secs, first_records) = first_commit.unwrap_or((secs, 0));
+    let d = Drain {
+        label: label.to_string(),
+        secs,
+        first_commit_secs,
+        rows_per_sec: filled.records() as f64 / secs,
+        steady_rows_per_sec: (filled.records() - first_records) as f64
+            / (secs - first_commit_secs).max(0.1),
+        usage,
+    };
+    eprintln!(
+        "bench: {label}: {:.0} rows/s, {:.0} after the first commit ({:.1} s, first commit at {:.1} s), peak RSS {:.0} MiB, CPU {:.1} s",
+        d.rows_per_sec,
+        d.steady_rows_per_sec,
+        d.secs,
+        d.first_commit_secs,
+        mib(d.usage.max_rss()),
+        d.usage.total_cpu()
+    );
+    Ok(d)
+}
+
+/// `instances` sinks sharing a fresh group: a contender for [`drain`].
+pub fn our_sink(
+    stack: &Stack,
+    topic: &str,
+    batch: usize,
+    instances: usize,
+    kafka_properties: &str,
+) -> impl FnOnce(&TestDatabase) -> anyhow::Result<(Vec<Child>, String)> {
+    let stack = stack.clone();
+    let topic = topic.to_string();
+    let kafka_properties = kafka_properties.to_string();
+    move |db| {
+        let group = unique("bench-");
+        let sinks = (0..instances)
+            .map(|_| spawn_sink(&stack, &db.url, &topic, &group, batch, &kafka_properties))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok((sinks, group))
+    }
+}
