@@ -12,8 +12,12 @@
 //!    chart_size`) turns true in the transaction that commits the chart's last video.
 //!
 //! Replaying the topic from any offset, in any order, converges to the same tables.
+//!
+//! Each statement is built from its row source, so `make bench` measures another way in (binary
+//! `COPY` into staging tables, then the same statements from them) against this one.
 
 use std::str::FromStr;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -24,7 +28,11 @@ use tokio_postgres::NoTls;
 
 use crate::batch::Deduped;
 
-const UPSERT_VIDEOS: &str = "
+/// The guarded upsert of `videos` from `rows`: a FROM item named `u` with the columns of
+/// `videos` (`tags` as a JSON array in text: UNNEST cannot take an array of arrays).
+pub fn upsert_videos(rows: &str) -> String {
+    format!(
+        "
 INSERT INTO videos (video_id, region_code, rank, title, description, channel_id, channel_title,
     category_id, category_name, tags, published_at, default_language, default_audio_language,
     live_broadcast_content, thumbnail_url, duration_seconds, definition, dimension, caption,
@@ -37,15 +45,7 @@ SELECT u.video_id, u.region_code, u.rank, u.title, u.description, u.channel_id, 
     u.thumbnail_url, u.duration_seconds, u.definition, u.dimension, u.caption,
     u.licensed_content, u.view_count, u.like_count, u.comment_count, u.favorite_count,
     u.first_seen_at, u.last_fetched_at
-FROM UNNEST($1::text[], $2::text[], $3::int4[], $4::text[], $5::text[], $6::text[], $7::text[],
-    $8::text[], $9::text[], $10::text[], $11::timestamptz[], $12::text[], $13::text[],
-    $14::text[], $15::text[], $16::int8[], $17::text[], $18::text[], $19::bool[], $20::bool[],
-    $21::int8[], $22::int8[], $23::int8[], $24::int8[], $25::timestamptz[], $26::timestamptz[])
-  AS u(video_id, region_code, rank, title, description, channel_id, channel_title, category_id,
-    category_name, tags, published_at, default_language, default_audio_language,
-    live_broadcast_content, thumbnail_url, duration_seconds, definition, dimension, caption,
-    licensed_content, view_count, like_count, comment_count, favorite_count, first_seen_at,
-    last_fetched_at)
+FROM {rows}
 ON CONFLICT (video_id) DO UPDATE SET
     region_code = EXCLUDED.region_code, rank = EXCLUDED.rank, title = EXCLUDED.title,
     description = EXCLUDED.description, channel_id = EXCLUDED.channel_id,
@@ -61,24 +61,37 @@ ON CONFLICT (video_id) DO UPDATE SET
     comment_count = EXCLUDED.comment_count, favorite_count = EXCLUDED.favorite_count,
     first_seen_at = LEAST(videos.first_seen_at, EXCLUDED.first_seen_at),
     last_fetched_at = EXCLUDED.last_fetched_at
-WHERE (videos.last_fetched_at, videos.region_code) <= (EXCLUDED.last_fetched_at, EXCLUDED.region_code)";
+WHERE (videos.last_fetched_at, videos.region_code) <= (EXCLUDED.last_fetched_at, EXCLUDED.region_code)"
+    )
+}
 
-const LOWER_FIRST_SEEN: &str = "
+/// Lowers `first_seen_at` of the rows the guard kept, from `rows` (a FROM item named `u` with
+/// `video_id` and `first_seen_at`).
+pub fn lower_first_seen(rows: &str) -> String {
+    format!(
+        "
 UPDATE videos SET first_seen_at = u.first_seen_at
-FROM UNNEST($1::text[], $2::timestamptz[]) AS u(video_id, first_seen_at)
-WHERE videos.video_id = u.video_id AND u.first_seen_at < videos.first_seen_at";
+FROM {rows}
+WHERE videos.video_id = u.video_id AND u.first_seen_at < videos.first_seen_at"
+    )
+}
 
-/// Upserts the snapshots and, in the same statement, adds to each chart's `videos_written` the
+/// Upserts the snapshots of `snapshots` (a FROM item named `s` with the columns of
+/// `video_snapshots`) and, in the same statement, adds to each chart's `videos_written` the
 /// snapshots it inserted (`xmax = 0` tells an inserted row from an updated one: a replayed
-/// record updates its row and adds nothing). The charts' rows are locked in key order, so two
-/// instances writing parts of one chart add up in turn and never wait for each other in a
+/// record updates its row and adds nothing); `chart_sizes` (a FROM item named `c`: region_code,
+/// fetched_at, chart_size) gives each chart's size. The charts' rows are locked in key order, so
+/// two instances writing parts of one chart add up in turn and never wait for each other in a
 /// cycle; a size learnt from newer records is kept. Returns the snapshots written.
-const UPSERT_SNAPSHOTS_AND_CHARTS: &str = "
+pub fn upsert_snapshots_and_charts(snapshots: &str, chart_sizes: &str) -> String {
+    format!(
+        "
 WITH written AS (
     INSERT INTO video_snapshots (region_code, fetched_at, video_id, rank, view_count,
         like_count, comment_count, favorite_count)
-    SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::text[], $4::int4[], $5::int8[],
-        $6::int8[], $7::int8[], $8::int8[])
+    SELECT s.region_code, s.fetched_at, s.video_id, s.rank, s.view_count, s.like_count,
+        s.comment_count, s.favorite_count
+    FROM {snapshots}
     ON CONFLICT (region_code, fetched_at, video_id) DO UPDATE SET
         rank = EXCLUDED.rank, view_count = EXCLUDED.view_count,
         like_count = EXCLUDED.like_count, comment_count = EXCLUDED.comment_count,
@@ -89,16 +102,46 @@ WITH written AS (
     SELECT w.region_code, w.fetched_at, c.chart_size, w.added
     FROM (SELECT region_code, fetched_at, count(*) FILTER (WHERE inserted) AS added
           FROM written GROUP BY region_code, fetched_at) w
-    JOIN UNNEST($9::text[], $10::timestamptz[], $11::int4[])
-        AS c(region_code, fetched_at, chart_size)
-        ON c.region_code = w.region_code AND c.fetched_at = w.fetched_at
+    JOIN {chart_sizes} ON c.region_code = w.region_code AND c.fetched_at = w.fetched_at
     ORDER BY w.region_code, w.fetched_at
     ON CONFLICT (region_code, fetched_at) DO UPDATE SET
         videos_written = charts.videos_written + EXCLUDED.videos_written,
         chart_size = COALESCE(EXCLUDED.chart_size, charts.chart_size)
 )
 -- PostgreSQL runs a data-modifying WITH whole whether or not the query reads it.
-SELECT count(*) FROM written";
+SELECT count(*) FROM written"
+    )
+}
+
+// The sink's statements: each column one array parameter, expanded by UNNEST.
+static UPSERT_VIDEOS: LazyLock<String> = LazyLock::new(|| {
+    upsert_videos(
+        "UNNEST($1::text[], $2::text[], $3::int4[], $4::text[], $5::text[], $6::text[],
+    $7::text[], $8::text[], $9::text[], $10::text[], $11::timestamptz[], $12::text[],
+    $13::text[], $14::text[], $15::text[], $16::int8[], $17::text[], $18::text[], $19::bool[],
+    $20::bool[], $21::int8[], $22::int8[], $23::int8[], $24::int8[], $25::timestamptz[],
+    $26::timestamptz[])
+  AS u(video_id, region_code, rank, title, description, channel_id, channel_title, category_id,
+    category_name, tags, published_at, default_language, default_audio_language,
+    live_broadcast_content, thumbnail_url, duration_seconds, definition, dimension, caption,
+    licensed_content, view_count, like_count, comment_count, favorite_count, first_seen_at,
+    last_fetched_at)",
+    )
+});
+
+static LOWER_FIRST_SEEN: LazyLock<String> = LazyLock::new(|| {
+    lower_first_seen("UNNEST($1::text[], $2::timestamptz[]) AS u(video_id, first_seen_at)")
+});
+
+static UPSERT_SNAPSHOTS_AND_CHARTS: LazyLock<String> = LazyLock::new(|| {
+    upsert_snapshots_and_charts(
+        "UNNEST($1::text[], $2::timestamptz[], $3::text[], $4::int4[], $5::int8[], $6::int8[],
+        $7::int8[], $8::int8[])
+      AS s(region_code, fetched_at, video_id, rank, view_count, like_count, comment_count,
+        favorite_count)",
+        "UNNEST($9::text[], $10::timestamptz[], $11::int4[]) AS c(region_code, fetched_at, chart_size)",
+    )
+});
 
 /// Charts with fewer videos stored than their size, `fetched_at` older than `$1` seconds.
 const INCOMPLETE_CHARTS: &str = "
@@ -309,7 +352,7 @@ impl Writer {
         );
         let (caption, licensed) = (boolean(|r| r.caption), boolean(|r| r.licensed_content));
 
-        let upsert = tx.prepare_cached(UPSERT_VIDEOS).await?;
+        let upsert = tx.prepare_cached(&UPSERT_VIDEOS).await?;
         let videos = tx
             .execute(
                 &upsert,
@@ -343,7 +386,7 @@ impl Writer {
                 ],
             )
             .await?;
-        let lower = tx.prepare_cached(LOWER_FIRST_SEEN).await?;
+        let lower = tx.prepare_cached(&LOWER_FIRST_SEEN).await?;
         tx.execute(&lower, &[&ids, &first_seen]).await?;
 
         let s = &batch.snapshots;
@@ -366,7 +409,7 @@ impl Writer {
         let c_regions: Vec<&str> = charts.keys().map(|(r, _)| *r).collect();
         let c_fetched: Vec<DateTime<Utc>> = charts.keys().map(|(_, at)| *at).collect();
         let c_sizes: Vec<Option<i32>> = charts.values().copied().collect();
-        let upsert = tx.prepare_cached(UPSERT_SNAPSHOTS_AND_CHARTS).await?;
+        let upsert = tx.prepare_cached(&UPSERT_SNAPSHOTS_AND_CHARTS).await?;
         let row = tx
             .query_one(
                 &upsert,

@@ -2,12 +2,17 @@
 //! `target/bench/latest.json`.
 //!
 //! 1. raw limit: the same rows written straight into PostgreSQL with the sink's own bulk method
-//!    (one transaction of UNNEST upserts per batch), no Kafka, no Avro;
+//!    (one transaction of UNNEST upserts per batch), no Kafka, no Avro; beside it, in turn, a
+//!    second method: binary `COPY` of each batch into staging tables, then the same statements
+//!    from them;
 //! 2. broker read limit: the pre-produced topic read by a consumer that does nothing else;
 //! 3. sink drain: the records pre-produced to a 6-partition topic, the real sink binary started
 //!    with a fresh group and database, timed until every offset is committed; peak RSS and CPU
 //!    seconds from /proc; at the default batch size (the headline figure and its ratio to the
 //!    raw limit), two other batch sizes, and two instances sharing the group;
+//!
+//! Every write (both raw methods, every drain) must leave `video_snapshots` equal to the records
+//! (count and checksum over every column, see `bench::expected_snapshots`), or the run fails.
 //! 4. latency: records produced at a steady rate to a running sink; for each, the time from the
 //!    producer's send to the commit that makes its row visible (a deferred trigger notes
 //!    `clock_timestamp()` at commit in a side table of the benchmark's own database);
@@ -22,8 +27,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
 use bench::{
-    drain, encode, ensure_release_bins, env_usize, expected_snapshots, mib, our_sink, produce,
-    records, register, release_bin, spawn_sink, stop, Checksum, Drain, Filled, Usage,
+    connect, drain, encode, ensure_release_bins, env_usize, expected_snapshots, fresh_database,
+    mib, our_sink, produce, records, register, release_bin, snapshots_checksum, spawn_sink, stop,
+    Checksum, Drain, Filled, Usage,
 };
 use chrono::{DateTime, TimeZone, Utc};
 use plumbing::testing::{unique, Stack};
@@ -34,7 +40,12 @@ use secrecy::SecretString;
 use sink_connector::write::Writer;
 
 /// Step 1: The raw limit: rows/s.
-async fn raw_limit(stack: &Stack, data: &[TrendingVideo], batch: usize) -> anyhow::Result<f64> {
+async fn raw_limit(
+    stack: &Stack,
+    data: &[TrendingVideo],
+    batch: usize,
+    expected: &Checksum,
+) -> anyhow::Result<f64> {
     let db = stack.create_database().await?;
     let writer = Writer::new(
         &SecretString::from(db.url.clone()),
@@ -48,7 +59,147 @@ async fn raw_limit(stack: &Stack, data: &[TrendingVideo], batch: usize) -> anyho
     for chunk in data.chunks(batch) {
         writer.write(&sink_connector::batch::dedup(chunk)).await?;
     }
-    Ok(data.len() as f64 / started.elapsed().as_secs_f64())
+    let rps = data.len() as f64 / started.elapsed().as_secs_f64();
+    let got = snapshots_checksum(&connect(&db.url).await?).await?;
+    ensure!(
+        &got == expected,
+        "the UNNEST method wrote {got:?}, the records make {expected:?}"
+    );
+    Ok(rps)
+}
+
+/// The staging tables of the COPY method: the columns the sink's statements read (`tags` as
+/// JSON text, as the sink passes it), emptied at each commit.
+const STAGING: &str = "
+CREATE TEMP TABLE staging_videos (video_id text, region_code text, rank int4, title text,
+    description text, channel_id text, channel_title text, category_id text, category_name text,
+    tags text, published_at timestamptz, default_language text, default_audio_language text,
+    live_broadcast_content text, thumbnail_url text, duration_seconds int8, definition text,
+    dimension text, caption bool, licensed_content bool, view_count int8, like_count int8,
+    comment_count int8, favorite_count int8, first_seen_at timestamptz,
+    last_fetched_at timestamptz) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE staging_snapshots (region_code text, fetched_at timestamptz, video_id text,
+    rank int4, view_count int8, like_count int8, comment_count int8, favorite_count int8,
+    chart_size int4) ON COMMIT DELETE ROWS;";
+
+/// Step 1, second method: per batch, one transaction that binary-`COPY`s the deduplicated batch
+/// into staging tables, then runs the sink's own statements from them. Rows/s.
+async fn raw_limit_copy(
+    stack: &Stack,
+    data: &[TrendingVideo],
+    batch: usize,
+    expected: &Checksum,
+) -> anyhow::Result<f64> {
+    use sink_connector::write::{lower_first_seen, upsert_snapshots_and_charts, upsert_videos};
+    use tokio_postgres::binary_copy::BinaryCopyInWriter;
+    use tokio_postgres::types::{ToSql, Type};
+
+    let db = fresh_database(stack).await?;
+    let mut client = connect(&db.url).await?;
+    client.batch_execute(STAGING).await?;
+    let videos = client
+        .prepare(&upsert_videos("staging_videos AS u"))
+        .await?;
+    let lower = client
+        .prepare(&lower_first_seen("staging_videos AS u"))
+        .await?;
+    let snapshots = client
+        .prepare(&upsert_snapshots_and_charts(
+            "staging_snapshots AS s",
+            "(SELECT region_code, fetched_at, max(chart_size) AS chart_size
+                FROM staging_snapshots GROUP BY region_code, fetched_at) AS c",
+        ))
+        .await?;
+    use Type as T;
+    // The staging tables' column types, in order.
+    #[rustfmt::skip]
+    let video_types = [
+        T::TEXT, T::TEXT, T::INT4, T::TEXT, T::TEXT, T::TEXT, T::TEXT, T::TEXT, T::TEXT, T::TEXT,
+        T::TIMESTAMPTZ, T::TEXT, T::TEXT, T::TEXT, T::TEXT, T::INT8, T::TEXT, T::TEXT, T::BOOL,
+        T::BOOL, T::INT8, T::INT8, T::INT8, T::INT8, T::TIMESTAMPTZ, T::TIMESTAMPTZ,
+    ];
+    #[rustfmt::skip]
+    let snapshot_types = [
+        T::TEXT, T::TIMESTAMPTZ, T::TEXT, T::INT4, T::INT8, T::INT8, T::INT8, T::INT8, T::INT4,
+    ];
+    let started = Instant::now();
+    for chunk in data.chunks(batch) {
+        let d = sink_connector::batch::dedup(chunk);
+        let tx = client.transaction().await?;
+        let copy = tx
+            .copy_in("COPY staging_videos FROM STDIN (FORMAT binary)")
+            .await?;
+        let rows = BinaryCopyInWriter::new(copy, &video_types);
+        futures::pin_mut!(rows);
+        for (r, first_seen) in &d.videos {
+            let tags = r
+                .tags
+                .as_ref()
+                .map(|t| serde_json::to_string(t).expect("strings serialise"));
+            let row: [&(dyn ToSql + Sync); 26] = [
+                &r.video_id,
+                &r.region_code,
+                &r.rank,
+                &r.title,
+                &r.description,
+                &r.channel_id,
+                &r.channel_title,
+                &r.category_id,
+                &r.category_name,
+                &tags,
+                &r.published_at,
+                &r.default_language,
+                &r.default_audio_language,
+                &r.live_broadcast_content,
+                &r.thumbnail_url,
+                &r.duration_seconds,
+                &r.definition,
+                &r.dimension,
+                &r.caption,
+                &r.licensed_content,
+                &r.view_count,
+                &r.like_count,
+                &r.comment_count,
+                &r.favorite_count,
+                first_seen,
+                &r.fetched_at,
+            ];
+            rows.as_mut().write(&row).await?;
+        }
+        rows.finish().await?;
+        let copy = tx
+            .copy_in("COPY staging_snapshots FROM STDIN (FORMAT binary)")
+            .await?;
+        let rows = BinaryCopyInWriter::new(copy, &snapshot_types);
+        futures::pin_mut!(rows);
+        for r in &d.snapshots {
+            let row: [&(dyn ToSql + Sync); 9] = [
+                &r.region_code,
+                &r.fetched_at,
+                &r.video_id,
+                &r.rank,
+                &r.view_count,
+                &r.like_count,
+                &r.comment_count,
+                &r.favorite_count,
+                &r.chart_size,
+            ];
+            rows.as_mut().write(&row).await?;
+        }
+        rows.finish().await?;
+        tx.execute(&videos, &[]).await?;
+        tx.execute(&lower, &[]).await?;
+        tx.query_one(&snapshots, &[]).await?;
+        tx.commit().await?;
+    }
+    let rps = data.len() as f64 / started.elapsed().as_secs_f64();
+    // Same rows as the records make, or the figure means nothing.
+    let got = snapshots_checksum(&client).await?;
+    ensure!(
+        &got == expected,
+        "the COPY method wrote {got:?}, the records make {expected:?}"
+    );
+    Ok(rps)
 }
 
 /// Step 2: Reads the whole topic with a fresh group and the sink's fetch settings, doing nothing
@@ -313,10 +464,17 @@ async fn main() -> anyhow::Result<()> {
     let data = records(n);
     eprintln!("bench: {n} records, batch {batch}");
 
-    let raw_rps = raw_limit(&stack, &data, batch).await?;
-    eprintln!("bench: raw limit {raw_rps:.0} rows/s");
-    let filled = produce(&stack, &data).await?;
     let expected = expected_snapshots(&stack, &data).await?;
+    // The two methods in turn, twice: the machine's pace drifts over minutes.
+    let (mut unnest, mut copy) = (Vec::new(), Vec::new());
+    for _ in 0..2 {
+        unnest.push(raw_limit(&stack, &data, batch, &expected).await?);
+        copy.push(raw_limit_copy(&stack, &data, batch, &expected).await?);
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let (raw_rps, copy_rps) = (mean(&unnest), mean(&copy));
+    eprintln!("bench: raw limit {raw_rps:.0} rows/s (UNNEST, the sink's method); COPY into staging tables {copy_rps:.0} rows/s");
+    let filled = produce(&stack, &data).await?;
     drop(data);
     eprintln!("bench: produced {n} records to {}", filled.topic);
     let read_rps = broker_read_limit(&stack, &filled.topic, n).await?;
@@ -346,6 +504,7 @@ async fn main() -> anyhow::Result<()> {
     println!("| --- | --- |");
     println!("| records | {n} |");
     println!("| raw limit (rows/s) | {raw_rps:.0} |");
+    println!("| raw, COPY into staging tables then the same statements (rows/s) | {copy_rps:.0} |");
     println!("| broker read limit (records/s) | {read_rps:.0} |");
     println!(
         "| sink drain, batch {batch} (rows/s) | {:.0} |",
@@ -383,6 +542,7 @@ async fn main() -> anyhow::Result<()> {
     let json = serde_json::json!({
         "records": n, "batch": batch,
         "raw_rows_per_sec": raw_rps,
+        "raw_copy_rows_per_sec": copy_rps,
         "broker_read_records_per_sec": read_rps,
         "sink_rows_per_sec": main.rows_per_sec,
         "sink_to_raw_ratio": ratio,
