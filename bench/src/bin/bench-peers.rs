@@ -210,6 +210,9 @@ async fn main() -> anyhow::Result<()> {
         workspace_root().join(".stack/connect/libs").is_dir(),
         ".stack/connect is missing: run `make bench-peers`, which installs the peer"
     );
+    // Each run's directory holds a copy of the database password: none is kept past the run.
+    let runs_dir = workspace_root().join(".stack/connect/runs");
+    let _ = fs::remove_dir_all(&runs_dir);
     let begun = Instant::now();
     let data = records(n);
     let filled = produce(&stack, &data).await?;
@@ -267,6 +270,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
+    fs::remove_dir_all(&runs_dir)?;
     let ours = &runs[0].drain;
     let best = best_peer(&runs);
     let smallest_rss = runs
