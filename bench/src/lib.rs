@@ -248,34 +248,81 @@ pub async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
     Ok(client)
 }
 
-/// Count and order-independent checksum of `video_snapshots`, over every column: two tables
-/// with the same figures hold the same rows (up to a 64-bit hash collision). Timestamps are
-/// taken as epoch milliseconds, so the session's time zone plays no part.
-const SNAPSHOTS_CHECKSUM: &str = "
-SELECT count(*), coalesce(sum(hashtextextended(concat_ws('|',
-         region_code, (extract(epoch FROM fetched_at) * 1000)::bigint, video_id, rank,
-         coalesce(view_count::text, '-'), coalesce(like_count::text, '-'),
-         coalesce(comment_count::text, '-'), coalesce(favorite_count::text, '-')), 0)), 0)::text
-  FROM video_snapshots";
+/// Count and order-independent checksum of a table over every column of every row (each row's
+/// text, hashed to 64 bits, summed): two tables of the same definition with the same figures
+/// hold the same rows, up to a hash collision. Read in sessions with the same settings (time
+/// zone), as the benchmark's are.
+fn checksum_sql(table: &str) -> String {
+    format!("SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)), 0)::text FROM {table} t")
+}
 
-/// A snapshot table's figures (see [`SNAPSHOTS_CHECKSUM`]).
+/// A table's figures (see [`checksum_sql`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checksum {
     pub rows: i64,
     pub sum: String,
 }
 
-pub async fn snapshots_checksum(client: &tokio_postgres::Client) -> anyhow::Result<Checksum> {
-    let row = client.query_one(SNAPSHOTS_CHECKSUM, &[]).await?;
+pub async fn checksum(client: &tokio_postgres::Client, table: &str) -> anyhow::Result<Checksum> {
+    let row = client.query_one(&checksum_sql(table), &[]).await?;
     Ok(Checksum {
         rows: row.get(0),
         sum: row.get(1),
     })
 }
 
-/// The figures a drain of `data` must leave: the snapshot rows copied straight into a fresh
-/// database (text `COPY`, none of the sink's code), then summed there.
-pub async fn expected_snapshots(stack: &Stack, data: &[TrendingVideo]) -> anyhow::Result<Checksum> {
+/// What a drain of the records must leave.
+#[derive(Debug, Clone)]
+pub struct Expected {
+    pub snapshots: Checksum,
+    /// Only the sink keeps `videos`.
+    pub videos: Checksum,
+}
+
+/// The tables of a drain, checked against `expected`; `videos` only when `with_videos`.
+pub async fn check_tables(
+    db_url: &str,
+    expected: &Expected,
+    with_videos: bool,
+    label: &str,
+) -> anyhow::Result<()> {
+    let client = connect(db_url).await?;
+    let mut tables = vec![("video_snapshots", &expected.snapshots)];
+    if with_videos {
+        tables.push(("videos", &expected.videos));
+    }
+    for (table, want) in tables {
+        let got = checksum(&client, table).await?;
+        ensure!(
+            &got == want,
+            "{label}: {table} holds {} rows (checksum {}), the records produced make {} (checksum {})",
+            got.rows,
+            got.sum,
+            want.rows,
+            want.sum
+        );
+    }
+    Ok(())
+}
+
+/// One field in `COPY`'s text format: `\N` for null, backslash, tab and line ends escaped.
+fn copy_text(field: Option<String>) -> String {
+    match field {
+        None => "\\N".into(),
+        Some(v) => v
+            .replace('\\', "\\\\")
+            .replace('\t', "\\t")
+            .replace('\n', "\\n")
+            .replace('\r', "\\r"),
+    }
+}
+
+/// The tables a drain of `data` must leave, made without any of the sink's code: the records
+/// copied as they are (text `COPY`) into a fresh database with the sink's schema, then
+/// `video_snapshots` and `videos` filled from them by plain SQL written here from the README's
+/// rules (one snapshot per record; per video, the newest record by `fetched_at` then region
+/// code, and the earliest `fetched_at` as `first_seen_at`), and summed.
+pub async fn expected_tables(stack: &Stack, data: &[TrendingVideo]) -> anyhow::Result<Expected> {
     let keys: HashSet<_> = data
         .iter()
         .map(|v| (&v.region_code, v.fetched_at, &v.video_id))
@@ -284,41 +331,87 @@ pub async fn expected_snapshots(stack: &Stack, data: &[TrendingVideo]) -> anyhow
         keys.len() == data.len(),
         "the benchmark's records must be one snapshot each"
     );
-    let db = stack.create_database().await?;
+    let db = fresh_database(stack).await?;
     let client = connect(&db.url).await?;
     client
         .batch_execute(
-            "CREATE TABLE video_snapshots (region_code text, fetched_at timestamptz,
-                video_id text, rank integer, view_count bigint, like_count bigint,
+            "CREATE TABLE records (video_id text, region_code text, fetched_at timestamptz,
+                rank integer, title text, description text, channel_id text, channel_title text,
+                category_id text, category_name text, tags jsonb, published_at timestamptz,
+                default_language text, default_audio_language text, live_broadcast_content text,
+                thumbnail_url text, duration_seconds bigint, definition text, dimension text,
+                caption boolean, licensed_content boolean, view_count bigint, like_count bigint,
                 comment_count bigint, favorite_count bigint)",
         )
         .await?;
     let sink = client
-        .copy_in(
-            "COPY video_snapshots FROM STDIN (FORMAT text)", // tab-separated, \N for null
-        )
+        .copy_in("COPY records FROM STDIN (FORMAT text)")
         .await?;
     futures::pin_mut!(sink);
-    let opt = |v: Option<i64>| v.map_or_else(|| "\\N".to_string(), |n| n.to_string());
+    let num = |v: Option<i64>| copy_text(v.map(|n| n.to_string()));
+    let at = |v: Option<chrono::DateTime<Utc>>| copy_text(v.map(|t| t.to_rfc3339()));
+    let flag = |v: Option<bool>| copy_text(v.map(|b| b.to_string()));
     for chunk in data.chunks(10_000) {
         let mut text = String::new();
         for v in chunk {
-            text.push_str(&format!(
-                "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\n",
-                v.region_code,
-                v.fetched_at.to_rfc3339(),
-                v.video_id,
-                v.rank,
-                opt(v.view_count),
-                opt(v.like_count),
-                opt(v.comment_count),
-                opt(v.favorite_count),
-            ));
+            let fields = [
+                copy_text(Some(v.video_id.clone())),
+                copy_text(Some(v.region_code.clone())),
+                at(Some(v.fetched_at)),
+                v.rank.to_string(),
+                copy_text(v.title.clone()),
+                copy_text(v.description.clone()),
+                copy_text(v.channel_id.clone()),
+                copy_text(v.channel_title.clone()),
+                copy_text(v.category_id.clone()),
+                copy_text(v.category_name.clone()),
+                copy_text(v.tags.as_ref().map(|t| serde_json::json!(t).to_string())),
+                at(v.published_at),
+                copy_text(v.default_language.clone()),
+                copy_text(v.default_audio_language.clone()),
+                copy_text(v.live_broadcast_content.clone()),
+                copy_text(v.thumbnail_url.clone()),
+                num(v.duration_seconds),
+                copy_text(v.definition.clone()),
+                copy_text(v.dimension.clone()),
+                flag(v.caption),
+                flag(v.licensed_content),
+                num(v.view_count),
+                num(v.like_count),
+                num(v.comment_count),
+                num(v.favorite_count),
+            ];
+            text.push_str(&fields.join("\t"));
+            text.push('\n');
         }
         sink.send(bytes::Bytes::from(text)).await?;
     }
     sink.finish().await?;
-    snapshots_checksum(&client).await
+    client
+        .batch_execute(
+            "INSERT INTO video_snapshots (region_code, fetched_at, video_id, rank, view_count,
+                like_count, comment_count, favorite_count)
+             SELECT region_code, fetched_at, video_id, rank, view_count, like_count,
+                comment_count, favorite_count FROM records;
+             INSERT INTO videos (video_id, region_code, rank, title, description, channel_id,
+                channel_title, category_id, category_name, tags, published_at, default_language,
+                default_audio_language, live_broadcast_content, thumbnail_url, duration_seconds,
+                definition, dimension, caption, licensed_content, view_count, like_count,
+                comment_count, favorite_count, first_seen_at, last_fetched_at)
+             SELECT DISTINCT ON (video_id) video_id, region_code, rank, title, description,
+                channel_id, channel_title, category_id, category_name,
+                (SELECT array_agg(e) FROM jsonb_array_elements_text(tags) e), published_at,
+                default_language, default_audio_language, live_broadcast_content, thumbnail_url,
+                duration_seconds, definition, dimension, caption, licensed_content, view_count,
+                like_count, comment_count, favorite_count,
+                min(fetched_at) OVER (PARTITION BY video_id), fetched_at
+             FROM records ORDER BY video_id, fetched_at DESC, region_code DESC",
+        )
+        .await?;
+    Ok(Expected {
+        snapshots: checksum(&client, "video_snapshots").await?,
+        videos: checksum(&client, "videos").await?,
+    })
 }
 
 /// A fresh database with the sink's tables, for one contender.
@@ -351,12 +444,13 @@ pub struct Drain {
 
 /// Starts a contender's processes (`start` gets the database and returns them with the consumer
 /// group they commit in), times them until every offset of `filled` is committed in that group,
-/// stops them, and checks that the snapshot rows equal `expected`: a drain only counts if it
-/// wrote everything, exactly.
+/// stops them, and checks that `video_snapshots` (and `videos` when `with_videos`) equal
+/// `expected`: a drain only counts if it wrote everything, exactly.
 pub async fn drain(
     stack: &Stack,
     filled: &Filled,
-    expected: &Checksum,
+    expected: &Expected,
+    with_videos: bool,
     label: &str,
     timeout: Duration,
     start: impl FnOnce(&TestDatabase) -> anyhow::Result<(Vec<Child>, String)>,
@@ -408,15 +502,7 @@ pub async fn drain(
     let secs = started.elapsed().as_secs_f64();
     usage.sample(&children);
     stop(children);
-    let got = snapshots_checksum(&connect(&db.url).await?).await?;
-    ensure!(
-        &got == expected,
-        "{label}: video_snapshots holds {} rows (checksum {}), the records produced make {} (checksum {})",
-        got.rows,
-        got.sum,
-        expected.rows,
-        expected.sum
-    );
+    check_tables(&db.url, expected, with_videos, label).await?;
     let (first_commit_secs, first_records) = first_commit.unwrap_or((secs, 0));
     let d = Drain {
         label: label.to_string(),

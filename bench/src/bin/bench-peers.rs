@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
 use bench::{
-    drain, ensure_release_bins, env_usize, expected_snapshots, mib, our_sink, produce, records,
+    drain, ensure_release_bins, env_usize, expected_tables, mib, our_sink, produce, records,
     workspace_root, Drain,
 };
 use chrono::Utc;
@@ -216,7 +216,7 @@ async fn main() -> anyhow::Result<()> {
     let begun = Instant::now();
     let data = records(n);
     let filled = produce(&stack, &data).await?;
-    let expected = expected_snapshots(&stack, &data).await?;
+    let expected = expected_tables(&stack, &data).await?;
     drop(data);
     eprintln!("bench: produced {n} records to {}", filled.topic);
 
@@ -224,7 +224,7 @@ async fn main() -> anyhow::Result<()> {
     for instances in [1, 2] {
         let label = format!("ours, batch 5000, {instances} instance(s)");
         let sinks = our_sink(&stack, &filled.topic, 5000, instances, "");
-        let d = drain(&stack, &filled, &expected, &label, timeout, sinks).await?;
+        let d = drain(&stack, &filled, &expected, true, &label, timeout, sinks).await?;
         runs.push(Run {
             who: "ours",
             setting: format!("batch 5000, {instances} instance(s)"),
@@ -243,7 +243,10 @@ async fn main() -> anyhow::Result<()> {
         let setting = format!("batch.size {batch}, tasks.max {tasks}, heap {heap}");
         let label = format!("Debezium JDBC sink, {setting}");
         let contender = peer(&stack, &filled.topic, tasks, batch, heap);
-        let d = drain(&stack, &filled, &expected, &label, timeout, contender).await?;
+        let d = drain(
+            &stack, &filled, &expected, false, &label, timeout, contender,
+        )
+        .await?;
         runs.push(Run {
             who: PEER,
             setting,
@@ -259,7 +262,10 @@ async fn main() -> anyhow::Result<()> {
             let setting = format!("batch.size {batch}, tasks.max {tasks}, heap {SMALL_HEAP}");
             let label = format!("Debezium JDBC sink, {setting}");
             let contender = peer(&stack, &filled.topic, tasks, batch, SMALL_HEAP);
-            let d = drain(&stack, &filled, &expected, &label, timeout, contender).await?;
+            let d = drain(
+                &stack, &filled, &expected, false, &label, timeout, contender,
+            )
+            .await?;
             runs.push(Run {
                 who: PEER,
                 setting,

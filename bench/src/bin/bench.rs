@@ -12,7 +12,8 @@
 //!    raw limit), two other batch sizes, and two instances sharing the group;
 //!
 //! Every write (both raw methods, every drain) must leave `video_snapshots` equal to the records
-//! (count and checksum over every column, see `bench::expected_snapshots`), or the run fails.
+//! (count and checksum over every column, see `bench::expected_tables`), and the sink's and the
+//! raw methods' `videos` the table the README's rules make, or the run fails.
 //! 4. latency: records produced at a steady rate to a running sink; for each, the time from the
 //!    producer's send to the commit that makes its row visible (a deferred trigger notes
 //!    `clock_timestamp()` at commit in a side table of the benchmark's own database);
@@ -27,9 +28,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
 use bench::{
-    connect, drain, encode, ensure_release_bins, env_usize, expected_snapshots, fresh_database,
-    mib, our_sink, produce, records, register, release_bin, snapshots_checksum, spawn_sink, stop,
-    Checksum, Drain, Filled, Usage,
+    check_tables, connect, drain, encode, ensure_release_bins, env_usize, expected_tables,
+    fresh_database, mib, our_sink, produce, records, register, release_bin, spawn_sink, stop,
+    Drain, Expected, Filled, Usage,
 };
 use chrono::{DateTime, TimeZone, Utc};
 use plumbing::testing::{unique, Stack};
@@ -44,7 +45,7 @@ async fn raw_limit(
     stack: &Stack,
     data: &[TrendingVideo],
     batch: usize,
-    expected: &Checksum,
+    expected: &Expected,
 ) -> anyhow::Result<f64> {
     let db = stack.create_database().await?;
     let writer = Writer::new(
@@ -60,11 +61,7 @@ async fn raw_limit(
         writer.write(&sink_connector::batch::dedup(chunk)).await?;
     }
     let rps = data.len() as f64 / started.elapsed().as_secs_f64();
-    let got = snapshots_checksum(&connect(&db.url).await?).await?;
-    ensure!(
-        &got == expected,
-        "the UNNEST method wrote {got:?}, the records make {expected:?}"
-    );
+    check_tables(&db.url, expected, true, "raw limit (UNNEST)").await?;
     Ok(rps)
 }
 
@@ -88,7 +85,7 @@ async fn raw_limit_copy(
     stack: &Stack,
     data: &[TrendingVideo],
     batch: usize,
-    expected: &Checksum,
+    expected: &Expected,
 ) -> anyhow::Result<f64> {
     use sink_connector::write::{lower_first_seen, upsert_snapshots_and_charts, upsert_videos};
     use tokio_postgres::binary_copy::BinaryCopyInWriter;
@@ -194,11 +191,7 @@ async fn raw_limit_copy(
     }
     let rps = data.len() as f64 / started.elapsed().as_secs_f64();
     // Same rows as the records make, or the figure means nothing.
-    let got = snapshots_checksum(&client).await?;
-    ensure!(
-        &got == expected,
-        "the COPY method wrote {got:?}, the records make {expected:?}"
-    );
+    check_tables(&db.url, expected, true, "raw limit (COPY)").await?;
     Ok(rps)
 }
 
@@ -214,8 +207,13 @@ async fn broker_read_limit(stack: &Stack, topic: &str, n: usize) -> anyhow::Resu
     let consumer: StreamConsumer = stack.kafka_config(&settings).create()?;
     consumer.subscribe(&[topic])?;
     let started = Instant::now();
-    for _ in 0..n {
-        consumer.recv().await?;
+    for read in 0..n {
+        // A record missing from the topic fails the run rather than hanging it.
+        tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!("broker read: nothing for 30 s after {read} of {n} records")
+            })??;
     }
     Ok(n as f64 / started.elapsed().as_secs_f64())
 }
@@ -225,7 +223,7 @@ async fn broker_read_limit(stack: &Stack, topic: &str, n: usize) -> anyhow::Resu
 async fn sink_drain(
     stack: &Stack,
     filled: &Filled,
-    expected: &Checksum,
+    expected: &Expected,
     batch: usize,
     instances: usize,
     kafka_properties: &str,
@@ -239,6 +237,7 @@ async fn sink_drain(
         stack,
         filled,
         expected,
+        true,
         &label,
         Duration::from_secs(900),
         sinks,
@@ -464,7 +463,7 @@ async fn main() -> anyhow::Result<()> {
     let data = records(n);
     eprintln!("bench: {n} records, batch {batch}");
 
-    let expected = expected_snapshots(&stack, &data).await?;
+    let expected = expected_tables(&stack, &data).await?;
     // The two methods in turn, twice: the machine's pace drifts over minutes.
     let (mut unnest, mut copy) = (Vec::new(), Vec::new());
     for _ in 0..2 {
@@ -573,7 +572,8 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("bench: figures written to target/bench/latest.json");
     // The targets the README shows as met: a run that misses one fails.
     let mut missed = Vec::new();
-    if ratio < 0.70 {
+    // Both targets are for the default run: with fewer records the sink's start-up weighs.
+    if ratio < 0.70 && n >= 1_000_000 {
         missed.push(format!("sink / raw {:.0}% < 70%", ratio * 100.0));
     }
     if main.usage.max_rss() > 128 * 1024 * 1024 && n >= 1_000_000 {
