@@ -1,5 +1,6 @@
 //! The offset tool against the real broker and PostgreSQL: `reset-offsets` (dry run, execute,
-//! every target, clamping, refusal while a sink runs) and `describe-group`.
+//! every target, clamping, refusal while a sink runs) and `describe-group`, read as a user reads
+//! them: exit codes, the group's state and members, each partition's committed offset and lag.
 
 mod common;
 
@@ -25,6 +26,59 @@ async fn tool(stack: &Stack, topic: &str, group: &str, args: &[&str]) -> (i32, S
         String::from_utf8(out.stdout).unwrap(),
         String::from_utf8(out.stderr).unwrap(),
     )
+}
+
+/// Runs the tool and requires it to succeed; returns what it printed.
+async fn tool_ok(stack: &Stack, topic: &str, group: &str, args: &[&str]) -> String {
+    let (code, out, err) = tool(stack, topic, group, args).await;
+    assert_eq!(
+        code, 0,
+        "sink-connector {args:?} exited {code}: {err}\n{out}"
+    );
+    out
+}
+
+/// `describe-group` as a user reads it: the group's state, its member count, and per partition
+/// (committed offset, end, lag).
+struct Described {
+    state: String,
+    members: usize,
+    partitions: HashMap<i32, (Option<i64>, i64, i64)>,
+}
+
+async fn describe(stack: &Stack, topic: &str, group: &str) -> Described {
+    let out = tool_ok(stack, topic, group, &["describe-group"]).await;
+    let first = out.lines().next().unwrap_or_default();
+    let (state, members) = first
+        .split_once(": state ")
+        .and_then(|(_, rest)| rest.split_once(", "))
+        .and_then(|(state, rest)| Some((state, rest.split_once(' ')?.0.parse().ok()?)))
+        .unwrap_or_else(|| panic!("no state line: {out}"));
+    let mut partitions = HashMap::new();
+    let mut rows = out.lines().skip_while(|l| !l.contains("PARTITION"));
+    assert_eq!(
+        rows.next()
+            .map(|h| h.split_whitespace().collect::<Vec<_>>()),
+        Some(vec!["PARTITION", "COMMITTED", "END", "LAG"]),
+        "{out}"
+    );
+    for row in rows {
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(cells.len(), 4, "{out}");
+        partitions.insert(
+            cells[0].parse().unwrap(),
+            (
+                cells[1].parse().ok(),
+                cells[2].parse().unwrap(),
+                cells[3].parse().unwrap(),
+            ),
+        );
+    }
+    Described {
+        state: state.to_string(),
+        members,
+        partitions,
+    }
 }
 
 /// A topic with records already drained by a sink into a fresh database.
@@ -148,7 +202,7 @@ async fn to_datetime_replays_exactly_the_records_at_or_after_the_time() {
     let at = chrono::DateTime::from_timestamp_millis(t0 + 10_000)
         .unwrap()
         .to_rfc3339();
-    tool(
+    tool_ok(
         &stack,
         &topic,
         &group,
@@ -160,7 +214,7 @@ async fn to_datetime_replays_exactly_the_records_at_or_after_the_time() {
     let at = chrono::DateTime::from_timestamp_millis(t0 + 99_000)
         .unwrap()
         .to_rfc3339();
-    tool(
+    tool_ok(
         &stack,
         &topic,
         &group,
@@ -175,7 +229,7 @@ async fn shift_and_offset_targets_clamp_at_the_watermarks() {
     let stack = Stack::from_env().unwrap();
     let (topic, group, _db, ends) = drained(&stack, 1).await;
     let end = ends[&0];
-    tool(
+    tool_ok(
         &stack,
         &topic,
         &group,
@@ -183,7 +237,7 @@ async fn shift_and_offset_targets_clamp_at_the_watermarks() {
     )
     .await;
     assert_eq!(committed(&stack, &topic, &group, 1)[&0], end - 10);
-    tool(
+    tool_ok(
         &stack,
         &topic,
         &group,
@@ -195,7 +249,7 @@ async fn shift_and_offset_targets_clamp_at_the_watermarks() {
         0,
         "clamped to the start"
     );
-    tool(
+    tool_ok(
         &stack,
         &topic,
         &group,
@@ -207,7 +261,7 @@ async fn shift_and_offset_targets_clamp_at_the_watermarks() {
         end,
         "clamped to the end"
     );
-    tool(
+    tool_ok(
         &stack,
         &topic,
         &group,
@@ -231,8 +285,41 @@ async fn shift_and_offset_targets_clamp_at_the_watermarks() {
     .await;
     assert_eq!(code, 1);
     assert!(err.contains("no partition 5"), "{err}");
-    let (_, out, _) = tool(&stack, &topic, &group, &["describe-group"]).await;
-    assert!(out.contains("COMMITTED") && out.contains("LAG"), "{out}");
+    let d = describe(&stack, &topic, &group).await;
+    assert_eq!((d.state.as_str(), d.members), ("Empty", 0));
+    assert_eq!(d.partitions, HashMap::from([(0, (Some(7), end, end - 7))]));
+}
+
+#[tokio::test]
+async fn to_latest_skips_everything_and_describe_group_shows_no_lag() {
+    let stack = Stack::from_env().unwrap();
+    let (topic, group, _db, ends) = drained(&stack, 2).await;
+    tool_ok(
+        &stack,
+        &topic,
+        &group,
+        &["reset-offsets", "--to-earliest", "--execute"],
+    )
+    .await;
+    let d = describe(&stack, &topic, &group).await;
+    for (p, end) in &ends {
+        assert_eq!(d.partitions[p], (Some(0), *end, *end), "partition {p}");
+    }
+    let out = tool_ok(
+        &stack,
+        &topic,
+        &group,
+        &["reset-offsets", "--to-latest", "--execute"],
+    )
+    .await;
+    let total: i64 = ends.values().sum();
+    assert!(out.contains(&format!("skips {total} records")), "{out}");
+    assert_eq!(committed(&stack, &topic, &group, 2), ends);
+    let d = describe(&stack, &topic, &group).await;
+    assert_eq!(d.partitions.len(), 2);
+    for (p, end) in &ends {
+        assert_eq!(d.partitions[p], (Some(*end), *end, 0), "partition {p}");
+    }
 }
 
 #[tokio::test]
@@ -263,7 +350,7 @@ async fn with_a_sink_running_in_the_group_the_tool_refuses_and_changes_nothing()
         ends,
         "nothing changed"
     );
-    let (_, out, _) = tool(&stack, &topic, &group, &["describe-group"]).await;
-    assert!(!out.contains("state Empty"), "{out}");
+    let d = describe(&stack, &topic, &group).await;
+    assert_eq!((d.state.as_str(), d.members), ("Stable", 1));
     sink.stop().await;
 }
