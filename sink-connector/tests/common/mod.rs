@@ -263,6 +263,103 @@ pub async fn dump(db: &TestDatabase) -> (Vec<String>, Vec<String>, Vec<String>) 
     )
 }
 
+/// A snapshot row's values (its key aside).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    pub rank: i32,
+    pub view_count: Option<i64>,
+    pub like_count: Option<i64>,
+    pub comment_count: Option<i64>,
+    pub favorite_count: Option<i64>,
+}
+
+impl Snapshot {
+    pub fn of(v: &TrendingVideo) -> Snapshot {
+        Snapshot {
+            rank: v.rank,
+            view_count: v.view_count,
+            like_count: v.like_count,
+            comment_count: v.comment_count,
+            favorite_count: v.favorite_count,
+        }
+    }
+}
+
+/// Every row of `video_snapshots`, by (region, fetched_at in ms, video id).
+pub async fn stored_snapshots(db: &TestDatabase) -> HashMap<(String, i64, String), Snapshot> {
+    connect(db)
+        .await
+        .query(
+            "SELECT region_code, (extract(epoch FROM fetched_at) * 1000)::int8, video_id, rank,
+                view_count, like_count, comment_count, favorite_count FROM video_snapshots",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let snapshot = Snapshot {
+                rank: r.get(3),
+                view_count: r.get(4),
+                like_count: r.get(5),
+                comment_count: r.get(6),
+                favorite_count: r.get(7),
+            };
+            ((r.get(0), r.get(1), r.get(2)), snapshot)
+        })
+        .collect()
+}
+
+/// Every row of `videos`, every column: as the record it was written from (`fetched_at` is
+/// `last_fetched_at`, no chart size) and its `first_seen_at`.
+pub async fn stored_videos(db: &TestDatabase) -> HashMap<String, (TrendingVideo, DateTime<Utc>)> {
+    connect(db)
+        .await
+        .query(
+            "SELECT video_id, region_code, last_fetched_at, rank, title, description, channel_id,
+                channel_title, category_id, category_name, tags, published_at, default_language,
+                default_audio_language, live_broadcast_content, thumbnail_url, duration_seconds,
+                definition, dimension, caption, licensed_content, view_count, like_count,
+                comment_count, favorite_count, first_seen_at FROM videos",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let v = TrendingVideo {
+                video_id: r.get(0),
+                region_code: r.get(1),
+                fetched_at: r.get(2),
+                rank: r.get(3),
+                title: r.get(4),
+                description: r.get(5),
+                channel_id: r.get(6),
+                channel_title: r.get(7),
+                category_id: r.get(8),
+                category_name: r.get(9),
+                tags: r.get(10),
+                published_at: r.get(11),
+                default_language: r.get(12),
+                default_audio_language: r.get(13),
+                live_broadcast_content: r.get(14),
+                thumbnail_url: r.get(15),
+                duration_seconds: r.get(16),
+                definition: r.get(17),
+                dimension: r.get(18),
+                caption: r.get(19),
+                licensed_content: r.get(20),
+                view_count: r.get(21),
+                like_count: r.get(22),
+                comment_count: r.get(23),
+                favorite_count: r.get(24),
+                chart_size: None,
+            };
+            (v.video_id.clone(), (v, r.get(25)))
+        })
+        .collect()
+}
+
 /// A chart of `n` videos, each record carrying the chart's size.
 pub fn chart(region: &str, n: usize, fetched_at: DateTime<Utc>, views: i64) -> Vec<TrendingVideo> {
     (0..n)
