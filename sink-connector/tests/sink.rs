@@ -265,13 +265,23 @@ async fn poison_records_go_to_the_dlq_with_connect_headers_and_the_rest_is_writt
 
     let sink = Sink::spawn(&stack, &db, &topic, &group, &[]);
     wait_committed(&stack, &topic, &group, 1, &ends, &sink).await;
-    let c = connect(&db).await;
-    let n: i64 = c
-        .query_one("SELECT count(*) FROM videos", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(n, 10, "every valid record around the poison is written");
+    // Every valid record around the poison is written, as it was produced; the dead-lettered
+    // record with FR000000001's key (a negative count) changed nothing of that video.
+    let videos = stored_videos(&db).await;
+    let snapshots = stored_snapshots(&db).await;
+    assert_eq!(videos.len(), good.len());
+    assert_eq!(snapshots.len(), good.len());
+    for v in &good {
+        let mut written = v.clone();
+        written.chart_size = None;
+        assert_eq!(videos[&v.video_id], (written, v.fetched_at));
+        let key = (
+            v.region_code.clone(),
+            v.fetched_at.timestamp_millis(),
+            v.video_id.clone(),
+        );
+        assert_eq!(snapshots[&key], Snapshot::of(v), "{key:?}");
+    }
 
     let dlq = read_all(&stack, &format!("{topic}.dlq"));
     assert_eq!(dlq.len(), poison.len(), "{}", sink.logs());
@@ -438,6 +448,50 @@ async fn a_sink_killed_mid_batch_and_restarted_leaves_the_tables_as_if_it_never_
         let mut sink = sink;
         sink.wait(Duration::from_secs(10)).await;
     }
+    // Once inside a batch's transaction for sure: the test holds video_snapshots locked, so the
+    // sink's write waits there, its videos upsert done and not committed, until it is killed.
+    let locker = connect(&db).await;
+    locker
+        .batch_execute("BEGIN; LOCK TABLE video_snapshots IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let sink = Sink::spawn(
+        &stack,
+        &db,
+        &topic,
+        &group,
+        &[("SINK_BATCH_MAX_RECORDS", "50")],
+    );
+    // Watched from another session: pg_stat_activity is read once per transaction.
+    let watcher = connect(&db).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let waiting: i64 = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND application_name = 'youtube-trending-sink'
+                   AND wait_event_type = 'Lock' AND state = 'active'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{}", sink.logs());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before = committed(&stack, &topic, &group, 2);
+    sigkill(&sink);
+    let mut sink = sink;
+    sink.wait(Duration::from_secs(10)).await;
+    locker.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(
+        committed(&stack, &topic, &group, 2),
+        before,
+        "the killed batch committed no offset"
+    );
     let sink = Sink::spawn(&stack, &db, &topic, &group, &[]);
     wait_committed(&stack, &topic, &group, 2, &ends, &sink).await;
     sink.stop().await;
