@@ -1406,3 +1406,44 @@ async fn a_plan_over_the_quota_is_refused_and_auto_fits_it() {
     auto.sigterm();
     assert!(auto.wait(Duration::from_secs(30)).await.success());
 }
+
+/// A subject whose registered version our schema cannot read under BACKWARD (the stack's rule,
+/// Confluent's default): the source stops at start with an error naming the subject and the
+/// way out, exit code 1, and never calls the API.
+#[tokio::test]
+async fn a_registry_refusing_the_schema_as_incompatible_stops_the_source_at_start() {
+    let stack = Stack::from_env().unwrap();
+    let api = StandIn::start().await;
+    api.set_chart("FR", 20);
+    let topic = unique("test-");
+    // Same record name, one field ours lacks and none of ours: ours (the reader) needs video_id,
+    // which data written under this version has not.
+    let old = serde_json::json!({
+        "type": "record", "name": "TrendingVideo", "namespace": "io.youtube_trending",
+        "fields": [{"name": "legacy", "type": "string"}]
+    });
+    let registered = reqwest::Client::new()
+        .post(format!(
+            "{}/subjects/{topic}-value/versions",
+            stack.registry_url
+        ))
+        .header("content-type", "application/vnd.schemaregistry.v1+json")
+        .json(&serde_json::json!({ "schema": old.to_string() }))
+        .send()
+        .await
+        .unwrap();
+    assert!(registered.status().is_success(), "{registered:?}");
+
+    let mut source = Source::spawn(&stack, &api, &topic, &[]);
+    let status = source.wait(Duration::from_secs(60)).await;
+    assert_eq!(status.code(), Some(1), "{}", source.logs());
+    let logs = source.logs();
+    assert!(
+        logs.contains(&format!(
+            "the schema registry refused the TrendingVideo schema for subject `{topic}-value`"
+        )) && logs.contains("BACKWARD compatible"),
+        "{logs}"
+    );
+    assert_eq!(api.video_requests(), 0, "no poll without a schema");
+    source.assert_key_not_logged();
+}
