@@ -13,9 +13,12 @@ COPY schemas/Cargo.toml schemas/
 COPY plumbing/Cargo.toml plumbing/
 COPY source-connector/Cargo.toml source-connector/
 COPY sink-connector/Cargo.toml sink-connector/
+# The benchmarks are a workspace member the images never build: their manifest and an empty
+# crate only, as cargo needs every member to exist.
+COPY bench/Cargo.toml bench/
 # Every target a manifest names must exist, or cargo refuses the whole workspace (the stand-in's
 # [[bin]] too); plumbing's tests/stack_consistency.rs runs this step against the manifests.
-RUN for crate in schemas plumbing source-connector sink-connector; do \
+RUN for crate in schemas plumbing source-connector sink-connector bench; do \
       mkdir -p $crate/src && touch $crate/src/lib.rs; done \
  && echo 'fn main() {}' > source-connector/src/main.rs \
  && echo 'fn main() {}' > sink-connector/src/main.rs \

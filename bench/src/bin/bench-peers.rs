@@ -239,42 +239,31 @@ async fn main() -> anyhow::Result<()> {
             settings.push((tasks, batch, DEFAULT_HEAP));
         }
     }
-    for (i, (tasks, batch, heap)) in settings.into_iter().enumerate() {
-        let setting = format!("batch.size {batch}, tasks.max {tasks}, heap {heap}");
-        let label = format!("Debezium JDBC sink, {setting}");
-        let contender = peer(&stack, &filled.topic, tasks, batch, heap);
-        let d = drain(
-            &stack, &filled, &expected, false, &label, timeout, contender,
-        )
-        .await?;
-        runs.push(Run {
-            who: PEER,
-            setting,
-            tasks,
-            batch,
-            drain: d,
-        });
-        if i == 3 {
-            // Its best setting again in a smaller heap: what it needs, not what the default
-            // lets it take.
-            let best = best_peer(&runs);
-            let (tasks, batch) = (best.tasks, best.batch);
-            let setting = format!("batch.size {batch}, tasks.max {tasks}, heap {SMALL_HEAP}");
+    let peer_run = |tasks: usize, batch: usize, heap: &'static str| {
+        let (stack, filled, expected) = (&stack, &filled, &expected);
+        async move {
+            let setting = format!("batch.size {batch}, tasks.max {tasks}, heap {heap}");
             let label = format!("Debezium JDBC sink, {setting}");
-            let contender = peer(&stack, &filled.topic, tasks, batch, SMALL_HEAP);
-            let d = drain(
-                &stack, &filled, &expected, false, &label, timeout, contender,
-            )
-            .await?;
-            runs.push(Run {
+            let contender = peer(stack, &filled.topic, tasks, batch, heap);
+            let drain = drain(stack, filled, expected, false, &label, timeout, contender).await?;
+            anyhow::Ok(Run {
                 who: PEER,
                 setting,
                 tasks,
                 batch,
-                drain: d,
-            });
+                drain,
+            })
         }
+    };
+    for (tasks, batch, heap) in settings {
+        runs.push(peer_run(tasks, batch, heap).await?);
     }
+    // Its best setting again in a smaller heap: what it needs, not what the default lets it take.
+    let (tasks, batch) = {
+        let best = best_peer(&runs);
+        (best.tasks, best.batch)
+    };
+    runs.push(peer_run(tasks, batch, SMALL_HEAP).await?);
 
     fs::remove_dir_all(&runs_dir)?;
     let ours = &runs[0].drain;

@@ -47,15 +47,12 @@ async fn raw_limit(
     batch: usize,
     expected: &Expected,
 ) -> anyhow::Result<f64> {
-    let db = stack.create_database().await?;
+    let db = fresh_database(stack).await?;
     let writer = Writer::new(
         &SecretString::from(db.url.clone()),
         1,
         Duration::from_secs(60),
     )?;
-    let mut client = writer.client().await?;
-    sink_connector::migrate::run(&mut client).await?;
-    drop(client);
     let started = Instant::now();
     for chunk in data.chunks(batch) {
         writer.write(&sink_connector::batch::dedup(chunk)).await?;
@@ -277,14 +274,8 @@ async fn visible(client: &tokio_postgres::Client) -> anyhow::Result<i64> {
 async fn latency(stack: &Stack, rate: usize, secs: usize) -> anyhow::Result<Latency> {
     let topic = stack.create_topic(6).await?;
     let id = register(stack, &topic).await?;
-    let db = stack.create_database().await?;
-    let writer = Writer::new(
-        &SecretString::from(db.url.clone()),
-        1,
-        Duration::from_secs(60),
-    )?;
-    let mut client = writer.client().await?;
-    sink_connector::migrate::run(&mut client).await?;
+    let db = fresh_database(stack).await?;
+    let client = connect(&db.url).await?;
     client.batch_execute(MARK_VISIBLE).await?;
     let sink = spawn_sink(stack, &db.url, &topic, &unique("bench-"), 5000, "")?;
     let producer: FutureProducer = stack
