@@ -93,7 +93,7 @@ install_registry() {
 install() {
     mkdir -p "$LOGS"
     # Build deps of rdkafka (cmake-build with SSL), the stack's Debian packages, Java and Maven.
-    apt_install cmake pkg-config libssl-dev libcurl4-openssl-dev zlib1g-dev curl postgresql-15 prometheus \
+    apt_install cmake pkg-config libssl-dev libcurl4-openssl-dev zlib1g-dev curl openssl postgresql-15 prometheus \
         docker-compose maven openjdk-17-jre-headless
     install_kafka
     install_registry
@@ -245,15 +245,51 @@ SQL
 SELECT format('DROP DATABASE IF EXISTS %I WITH (FORCE)', datname)
   FROM pg_database WHERE datname LIKE 'test\_%' \gexec
 SQL
+    setup_postgres_tls
     local url="postgres://$PG_ROLE:$pw@127.0.0.1:$PG_PORT/$PG_DB?sslmode=disable"
     (umask 077; cat >"$STATE/test.env" <<ENV
 # Written by scripts/stack.sh up. Secrets: this file is private to this machine.
 TEST_KAFKA_BOOTSTRAP=127.0.0.1:$KAFKA_PORT
 TEST_SCHEMA_REGISTRY_URL=http://127.0.0.1:$REGISTRY_PORT/apis/ccompat/v7
 TEST_DATABASE_URL=$url
+TEST_DATABASE_CA=$STATE/tls/ca.crt
 TEST_PROMETHEUS_URL=http://127.0.0.1:$PROMETHEUS_PORT
 ENV
     )
+}
+
+# TLS on the stack's PostgreSQL with a certificate for localhost and 127.0.0.1, signed by a CA
+# of this machine's own (.stack/tls/ca.crt, what sslrootcert names in the TLS tests). Made once;
+# PostgreSQL's copy of the key sits in its data directory, owned by it, as it requires.
+setup_postgres_tls() {
+    local dir="$STATE/tls"
+    if [ ! -s "$dir/server.crt" ]; then
+        log "making a CA and a server certificate for PostgreSQL (localhost, 127.0.0.1) in .stack/tls"
+        mkdir -p "$dir"
+        (umask 077
+         openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=youtube-trending local stack CA" \
+             -keyout "$dir/ca.key" -out "$dir/ca.crt" 2>/dev/null
+         openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
+             -keyout "$dir/server.key" -out "$dir/server.csr" 2>/dev/null
+         printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >"$dir/server.ext"
+         openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" \
+             -CAcreateserial -days 3650 -extfile "$dir/server.ext" -out "$dir/server.crt" 2>/dev/null) \
+            || die "making the PostgreSQL TLS certificate failed (openssl)"
+        chmod 644 "$dir/ca.crt"
+    fi
+    local data; data=$(as_postgres psql -Atq -d postgres -c 'SHOW data_directory')
+    if ! as_root cmp -s "$dir/server.crt" "$data/youtube-trending.crt" 2>/dev/null; then
+        # /usr/bin/install: `install` alone is this script's own function.
+        as_root /usr/bin/install -o postgres -g postgres -m 600 "$dir/server.key" "$data/youtube-trending.key"
+        as_root /usr/bin/install -o postgres -g postgres -m 644 "$dir/server.crt" "$data/youtube-trending.crt"
+        as_postgres psql -q -v ON_ERROR_STOP=1 -d postgres >/dev/null <<SQL
+ALTER SYSTEM SET ssl = on;
+ALTER SYSTEM SET ssl_cert_file = '$data/youtube-trending.crt';
+ALTER SYSTEM SET ssl_key_file = '$data/youtube-trending.key';
+SELECT pg_reload_conf();
+SQL
+        log "PostgreSQL serves TLS with .stack/tls/server.crt (CA: .stack/tls/ca.crt)"
+    fi
 }
 
 stop_postgres() {

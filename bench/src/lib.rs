@@ -525,21 +525,36 @@ pub async fn drain(
     Ok(d)
 }
 
-/// `instances` sinks sharing a fresh group: a contender for [`drain`].
+/// How a sink run is set up beyond its batch size.
+#[derive(Debug, Clone, Default)]
+pub struct SinkRun {
+    pub instances: usize,
+    /// `KAFKA_PROPERTIES`, if any.
+    pub kafka_properties: String,
+    /// TLS to PostgreSQL, `sslmode=verify-full` against the stack's CA, instead of plain.
+    pub tls: bool,
+}
+
+/// The sinks of `run` sharing a fresh group: a contender for [`drain`].
 pub fn our_sink(
     stack: &Stack,
     topic: &str,
     batch: usize,
-    instances: usize,
-    kafka_properties: &str,
+    run: SinkRun,
 ) -> impl FnOnce(&TestDatabase) -> anyhow::Result<(Vec<Child>, String)> {
     let stack = stack.clone();
     let topic = topic.to_string();
-    let kafka_properties = kafka_properties.to_string();
     move |db| {
         let group = unique("bench-");
-        let sinks = (0..instances)
-            .map(|_| spawn_sink(&stack, &db.url, &topic, &group, batch, &kafka_properties))
+        let url = match run.tls {
+            true => db.url.replace(
+                "sslmode=disable",
+                &format!("sslmode=verify-full&sslrootcert={}", stack.database_ca),
+            ),
+            false => db.url.clone(),
+        };
+        let sinks = (0..run.instances.max(1))
+            .map(|_| spawn_sink(&stack, &url, &topic, &group, batch, &run.kafka_properties))
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok((sinks, group))
     }

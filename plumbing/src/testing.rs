@@ -8,6 +8,7 @@
 //! | `TEST_KAFKA_BOOTSTRAP` | `127.0.0.1:19092` |
 //! | `TEST_SCHEMA_REGISTRY_URL` | `http://127.0.0.1:18081/apis/ccompat/v7` |
 //! | `TEST_DATABASE_URL` | read from `.stack/test.env`, written by `scripts/stack.sh up` |
+//! | `TEST_DATABASE_CA` | the same: the CA of the stack PostgreSQL's TLS certificate |
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -24,6 +25,8 @@ pub struct Stack {
     pub registry_url: String,
     /// A role that may create databases, connected to its own database.
     pub database_url: String,
+    /// PEM file of the CA that signed the stack PostgreSQL's certificate (localhost, 127.0.0.1).
+    pub database_ca: String,
 }
 
 /// A fresh, empty database for one test.
@@ -73,6 +76,7 @@ impl Stack {
                 Some("http://127.0.0.1:18081/apis/ccompat/v7"),
             )?,
             database_url: setting("TEST_DATABASE_URL", None)?,
+            database_ca: setting("TEST_DATABASE_CA", None)?,
         })
     }
 

@@ -17,6 +17,7 @@ pub mod dlq;
 pub mod events;
 pub mod migrate;
 pub mod replay;
+pub mod tls;
 pub mod write;
 
 use std::collections::{BTreeMap, HashMap};
@@ -84,15 +85,25 @@ pub async fn run(
 
     // Start-up steps wait for their dependency, with backoff, until shutdown.
     let boot = async {
+        // A TLS handshake refused at start stops the sink: DATABASE_URL's TLS settings do not
+        // fit this server, and waiting cannot change that.
         if !config.skip_migrations {
             retry_until_ok(&backoff, &readiness, "postgres", || async {
-                let mut client = writer.client().await?;
-                let applied = migrate::run(&mut client).await?;
-                anyhow::Ok(applied)
+                let mut client = match writer.client().await {
+                    Err(e) if e.is_tls() => return Ok(Err(e)),
+                    connected => connected?,
+                };
+                anyhow::Ok(Ok(migrate::run(&mut client).await?))
             })
-            .await;
+            .await?;
         }
-        retry_until_ok(&backoff, &readiness, "postgres", || writer.ping()).await;
+        retry_until_ok(&backoff, &readiness, "postgres", || async {
+            match writer.ping().await {
+                Err(e) if e.is_tls() => Ok(Err(e)),
+                pinged => pinged.map(Ok),
+            }
+        })
+        .await?;
         let kafka_config = config.kafka.client_config(&[])?;
         let dlq_spec = TopicSpec {
             name: &dlq_topic,

@@ -16,7 +16,6 @@
 //! Each statement is built from its row source, so `make bench` measures another way in (binary
 //! `COPY` into staging tables, then the same statements from them) against this one.
 
-use std::str::FromStr;
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -24,7 +23,6 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use secrecy::{ExposeSecret, SecretString};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::NoTls;
 
 use crate::batch::Deduped;
 
@@ -154,6 +152,13 @@ pub enum WriteError {
     Pool(String),
     #[error("the batch's transaction took longer than {0:?} (SINK_WRITE_TIMEOUT); the connection was dropped")]
     Timeout(std::time::Duration),
+    #[error(
+        "TLS to PostgreSQL failed: {0}. Check sslmode and sslrootcert in DATABASE_URL: sslrootcert \
+         must name the CA that signed the server's certificate, and with verify-full the host in \
+         DATABASE_URL must be a name the certificate holds (sslmode=require encrypts without \
+         these checks)"
+    )]
+    Tls(String),
     #[error("database error ({kind}): {message}")]
     Db {
         kind: &'static str,
@@ -163,16 +168,25 @@ pub enum WriteError {
 }
 
 impl WriteError {
+    /// A TLS handshake refused is retried while running (a certificate may be replaced under
+    /// a running sink); at start it stops the sink (see [`WriteError::is_tls`]).
     pub fn is_retriable(&self) -> bool {
         match self {
-            WriteError::Pool(_) | WriteError::Timeout(_) => true,
+            WriteError::Pool(_) | WriteError::Timeout(_) | WriteError::Tls(_) => true,
             WriteError::Db { retriable, .. } => *retriable,
         }
+    }
+
+    /// The TLS handshake failed: at start, DATABASE_URL's TLS settings are wrong for this
+    /// server, and retrying cannot help until they change.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, WriteError::Tls(_))
     }
 
     /// Bounded label for metrics.
     pub fn kind(&self) -> &'static str {
         match self {
+            WriteError::Tls(_) => "tls",
             WriteError::Pool(_) => "connection",
             WriteError::Timeout(_) => "timeout",
             WriteError::Db { kind, .. } => kind,
@@ -182,6 +196,11 @@ impl WriteError {
 
 impl From<tokio_postgres::Error> for WriteError {
     fn from(e: tokio_postgres::Error) -> Self {
+        if let Some(tls) = std::error::Error::source(&e)
+            .and_then(|cause| cause.downcast_ref::<native_tls::Error>())
+        {
+            return WriteError::Tls(tls.to_string());
+        }
         let message = match e.as_db_error() {
             Some(db) => format!("{}: {}", db.code().code(), db.message()),
             None => e.to_string(),
@@ -230,8 +249,9 @@ impl Writer {
     /// (`statement_timeout`), and the kernel drops a connection whose data stays unacknowledged
     /// that long (`tcp_user_timeout`).
     pub fn new(url: &SecretString, size: usize, write_timeout: Duration) -> anyhow::Result<Self> {
-        let mut config = tokio_postgres::Config::from_str(url.expose_secret())
-            .map_err(|_| anyhow::anyhow!("DATABASE_URL is not a valid PostgreSQL URL"))?;
+        let crate::tls::Connection {
+            mut config, tls, ..
+        } = crate::tls::parse(url.expose_secret())?;
         let statement_timeout = format!("-c statement_timeout={}", write_timeout.as_millis());
         let options = match config.get_options() {
             Some(user) => format!("{user} {statement_timeout}"),
@@ -246,7 +266,7 @@ impl Writer {
         }
         let manager = Manager::from_config(
             config,
-            NoTls,
+            tls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -264,10 +284,10 @@ impl Writer {
     }
 
     pub async fn client(&self) -> Result<deadpool_postgres::Client, WriteError> {
-        self.pool
-            .get()
-            .await
-            .map_err(|e| WriteError::Pool(e.to_string()))
+        self.pool.get().await.map_err(|e| match e {
+            deadpool_postgres::PoolError::Backend(e) => WriteError::from(e),
+            e => WriteError::Pool(e.to_string()),
+        })
     }
 
     /// `SELECT 1`, for readiness.

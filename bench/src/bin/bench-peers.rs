@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context};
 use bench::{
     drain, ensure_release_bins, env_usize, expected_tables, mib, our_sink, produce, records,
-    workspace_root, Drain,
+    workspace_root, Drain, SinkRun,
 };
 use chrono::Utc;
 use plumbing::testing::{unique, Stack, TestDatabase};
@@ -223,7 +223,11 @@ async fn main() -> anyhow::Result<()> {
     let mut runs = Vec::new();
     for instances in [1, 2] {
         let label = format!("ours, batch 5000, {instances} instance(s)");
-        let sinks = our_sink(&stack, &filled.topic, 5000, instances, "");
+        let run = SinkRun {
+            instances,
+            ..SinkRun::default()
+        };
+        let sinks = our_sink(&stack, &filled.topic, 5000, run);
         let d = drain(&stack, &filled, &expected, true, &label, timeout, sinks).await?;
         runs.push(Run {
             who: "ours",

@@ -30,7 +30,7 @@ use anyhow::{ensure, Context};
 use bench::{
     check_tables, connect, drain, encode, ensure_release_bins, env_usize, expected_tables,
     fresh_database, mib, our_sink, produce, records, register, release_bin, spawn_sink, stop,
-    Drain, Expected, Filled, Usage,
+    Drain, Expected, Filled, SinkRun, Usage,
 };
 use chrono::{DateTime, TimeZone, Utc};
 use plumbing::testing::{unique, Stack};
@@ -215,21 +215,23 @@ async fn broker_read_limit(stack: &Stack, topic: &str, n: usize) -> anyhow::Resu
     Ok(n as f64 / started.elapsed().as_secs_f64())
 }
 
-/// Step 3: `instances` sinks with a fresh group and database, timed until every offset is
-/// committed, their rows checked against `expected`.
+/// Step 3: a sink run with a fresh group and database, timed until every offset is committed,
+/// its rows checked against `expected`.
 async fn sink_drain(
     stack: &Stack,
     filled: &Filled,
     expected: &Expected,
     batch: usize,
-    instances: usize,
-    kafka_properties: &str,
+    run: SinkRun,
 ) -> anyhow::Result<Drain> {
-    let mut label = format!("sink drain batch {batch} x{instances}");
-    if !kafka_properties.is_empty() {
-        label.push_str(&format!(" ({kafka_properties})"));
+    let mut label = format!("sink drain batch {batch} x{}", run.instances.max(1));
+    if !run.kafka_properties.is_empty() {
+        label.push_str(&format!(" ({})", run.kafka_properties));
     }
-    let sinks = our_sink(stack, &filled.topic, batch, instances, kafka_properties);
+    if run.tls {
+        label.push_str(" (TLS, verify-full)");
+    }
+    let sinks = our_sink(stack, &filled.topic, batch, run);
     drain(
         stack,
         filled,
@@ -470,20 +472,29 @@ async fn main() -> anyhow::Result<()> {
     let read_rps = broker_read_limit(&stack, &filled.topic, n).await?;
     eprintln!("bench: broker read limit {read_rps:.0} records/s");
 
-    let main = sink_drain(&stack, &filled, &expected, batch, 1, "").await?;
-    // The sink's fetch.queue.backoff.ms against librdkafka's default, side by side.
+    let one = |kafka_properties: &str, tls: bool| SinkRun {
+        instances: 1,
+        kafka_properties: kafka_properties.into(),
+        tls,
+    };
+    let main = sink_drain(&stack, &filled, &expected, batch, one("", false)).await?;
+    // Beside it, in turn: TLS to PostgreSQL, and librdkafka's default fetch.queue.backoff.ms.
+    let tls = sink_drain(&stack, &filled, &expected, batch, one("", true)).await?;
     let default_backoff = sink_drain(
         &stack,
         &filled,
         &expected,
         batch,
-        1,
-        "fetch.queue.backoff.ms=1000",
+        one("fetch.queue.backoff.ms=1000", false),
     )
     .await?;
     let mut scaling = Vec::new();
     for (b, instances) in [(batch / 5, 1), (batch * 4, 1), (batch, 2)] {
-        let d = sink_drain(&stack, &filled, &expected, b.max(1), instances, "").await?;
+        let run = SinkRun {
+            instances,
+            ..SinkRun::default()
+        };
+        let d = sink_drain(&stack, &filled, &expected, b.max(1), run).await?;
         scaling.push((b.max(1), instances, d));
     }
     let lat = latency(&stack, rate, latency_secs).await?;
@@ -501,6 +512,11 @@ async fn main() -> anyhow::Result<()> {
         main.rows_per_sec
     );
     println!("| sink / raw | {:.0}% |", ratio * 100.0);
+    println!(
+        "| sink drain, batch {batch}, TLS to PostgreSQL (verify-full) (rows/s; CPU s) | {:.0}; {:.1} |",
+        tls.rows_per_sec,
+        tls.usage.total_cpu()
+    );
     println!(
         "| sink drain, batch {batch}, librdkafka's default fetch.queue.backoff.ms=1000 (rows/s) | {:.0} |",
         default_backoff.rows_per_sec
@@ -536,6 +552,8 @@ async fn main() -> anyhow::Result<()> {
         "broker_read_records_per_sec": read_rps,
         "sink_rows_per_sec": main.rows_per_sec,
         "sink_to_raw_ratio": ratio,
+        "sink_tls_rows_per_sec": tls.rows_per_sec,
+        "sink_tls_cpu_seconds": tls.usage.total_cpu(),
         "sink_rows_per_sec_default_fetch_queue_backoff": default_backoff.rows_per_sec,
         "sink_peak_rss_bytes": main.usage.max_rss(),
         "sink_cpu_seconds": main.usage.total_cpu(),
