@@ -245,7 +245,7 @@ SQL
 SELECT format('DROP DATABASE IF EXISTS %I WITH (FORCE)', datname)
   FROM pg_database WHERE datname LIKE 'test\_%' \gexec
 SQL
-    setup_postgres_tls
+    setup_postgres_tls "$pw"
     local url="postgres://$PG_ROLE:$pw@127.0.0.1:$PG_PORT/$PG_DB?sslmode=disable"
     (umask 077; cat >"$STATE/test.env" <<ENV
 # Written by scripts/stack.sh up. Secrets: this file is private to this machine.
@@ -260,25 +260,28 @@ ENV
 
 # TLS on the stack's PostgreSQL with a certificate for localhost and 127.0.0.1, signed by a CA
 # of this machine's own (.stack/tls/ca.crt, what sslrootcert names in the TLS tests). Made once;
-# PostgreSQL's copy of the key sits in its data directory, owned by it, as it requires.
-setup_postgres_tls() {
-    local dir="$STATE/tls"
+# PostgreSQL's copy of the key sits in its data directory, owned by it, as it requires. This
+# sets ssl_cert_file/ssl_key_file of the machine's 15/main cluster (ALTER SYSTEM).
+setup_postgres_tls() { # password of the role
+    local dir="$STATE/tls" pw=$1
     if [ ! -s "$dir/server.crt" ]; then
         log "making a CA and a server certificate for PostgreSQL (localhost, 127.0.0.1) in .stack/tls"
         mkdir -p "$dir"
-        (umask 077
-         openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=youtube-trending local stack CA" \
-             -keyout "$dir/ca.key" -out "$dir/ca.crt" 2>/dev/null
-         openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
-             -keyout "$dir/server.key" -out "$dir/server.csr" 2>/dev/null
-         printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >"$dir/server.ext"
-         openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" \
-             -CAcreateserial -days 3650 -extfile "$dir/server.ext" -out "$dir/server.crt" 2>/dev/null) \
-            || die "making the PostgreSQL TLS certificate failed (openssl)"
+        (umask 077 \
+         && openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=youtube-trending local stack CA" \
+                -keyout "$dir/ca.key" -out "$dir/ca.crt" 2>/dev/null \
+         && openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
+                -keyout "$dir/server.key" -out "$dir/server.csr" 2>/dev/null \
+         && printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >"$dir/server.ext" \
+         && openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" \
+                -CAcreateserial -days 3650 -extfile "$dir/server.ext" -out "$dir/server.crt" 2>/dev/null) \
+            || { rm -f "$dir/server.crt"; die "making the PostgreSQL TLS certificate failed (openssl)"; }
         chmod 644 "$dir/ca.crt"
     fi
     local data; data=$(as_postgres psql -Atq -d postgres -c 'SHOW data_directory')
-    if ! as_root cmp -s "$dir/server.crt" "$data/youtube-trending.crt" 2>/dev/null; then
+    local current; current=$(as_postgres psql -Atq -d postgres -c 'SHOW ssl_cert_file')
+    if [ "$current" != "$data/youtube-trending.crt" ] \
+        || ! as_root cmp -s "$dir/server.crt" "$data/youtube-trending.crt" 2>/dev/null; then
         # /usr/bin/install: `install` alone is this script's own function.
         as_root /usr/bin/install -o postgres -g postgres -m 600 "$dir/server.key" "$data/youtube-trending.key"
         as_root /usr/bin/install -o postgres -g postgres -m 644 "$dir/server.crt" "$data/youtube-trending.crt"
@@ -288,8 +291,16 @@ ALTER SYSTEM SET ssl_cert_file = '$data/youtube-trending.crt';
 ALTER SYSTEM SET ssl_key_file = '$data/youtube-trending.key';
 SELECT pg_reload_conf();
 SQL
-        log "PostgreSQL serves TLS with .stack/tls/server.crt (CA: .stack/tls/ca.crt)"
     fi
+    # A reload that cannot load the certificate keeps the old one and says so only in the
+    # server's log: check what a client sees (the reload is asynchronous, hence the retries).
+    local tries
+    for tries in $(seq 1 20); do
+        PGPASSWORD=$pw psql -Atq "host=localhost port=$PG_PORT user=$PG_ROLE dbname=$PG_DB sslmode=verify-full sslrootcert=$dir/ca.crt" \
+            -c 'SELECT 1' >/dev/null 2>&1 && { log "PostgreSQL serves TLS with .stack/tls/server.crt (CA: .stack/tls/ca.crt)"; return 0; }
+        sleep 0.25
+    done
+    die "PostgreSQL does not serve .stack/tls/server.crt: see its log (/var/log/postgresql/postgresql-15-main.log)"
 }
 
 stop_postgres() {

@@ -400,7 +400,8 @@ pub async fn expected_tables(stack: &Stack, data: &[TrendingVideo]) -> anyhow::R
                 comment_count, favorite_count, first_seen_at, last_fetched_at)
              SELECT DISTINCT ON (video_id) video_id, region_code, rank, title, description,
                 channel_id, channel_title, category_id, category_name,
-                (SELECT array_agg(e) FROM jsonb_array_elements_text(tags) e), published_at,
+                CASE WHEN tags IS NULL THEN NULL
+                     ELSE ARRAY(SELECT jsonb_array_elements_text(tags)) END, published_at,
                 default_language, default_audio_language, live_broadcast_content, thumbnail_url,
                 duration_seconds, definition, dimension, caption, licensed_content, view_count,
                 like_count, comment_count, favorite_count,
@@ -425,6 +426,15 @@ pub async fn fresh_database(stack: &Stack) -> anyhow::Result<TestDatabase> {
     let mut client = writer.client().await?;
     sink_connector::migrate::run(&mut client).await?;
     Ok(db)
+}
+
+/// Processes killed when dropped: a drain that fails leaves none running.
+struct Running(Vec<Child>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        stop(std::mem::take(&mut self.0));
+    }
 }
 
 /// One drain of the filled topic by one contender.
@@ -458,11 +468,17 @@ pub async fn drain(
     let db = fresh_database(stack).await?;
     let started = Instant::now();
     let (children, group) = start(&db)?;
+    let mut children = Running(children);
     let reader: BaseConsumer = stack.kafka_config(&[("group.id", &group)]).create()?;
     let mut usage = Usage::default();
     let mut first_commit = None;
     loop {
-        usage.sample(&children);
+        usage.sample(&children.0);
+        for c in children.0.iter_mut() {
+            if let Some(status) = c.try_wait()? {
+                anyhow::bail!("{label}: a process exited ({status}) before the drain ended");
+            }
+        }
         let mut ask = TopicPartitionList::new();
         for p in filled.ends.keys() {
             ask.add_partition(&filled.topic, *p);
@@ -489,7 +505,6 @@ pub async fn drain(
             break;
         }
         if started.elapsed() > timeout {
-            stop(children);
             anyhow::bail!(
                 "{label}: not drained in {} s ({} of {} offsets committed)",
                 timeout.as_secs(),
@@ -500,8 +515,8 @@ pub async fn drain(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let secs = started.elapsed().as_secs_f64();
-    usage.sample(&children);
-    stop(children);
+    usage.sample(&children.0);
+    drop(children);
     check_tables(&db.url, expected, with_videos, label).await?;
     let (first_commit_secs, first_records) = first_commit.unwrap_or((secs, 0));
     let d = Drain {
@@ -547,15 +562,23 @@ pub fn our_sink(
     move |db| {
         let group = unique("bench-");
         let url = match run.tls {
-            true => db.url.replace(
-                "sslmode=disable",
-                &format!("sslmode=verify-full&sslrootcert={}", stack.database_ca),
-            ),
+            true => {
+                anyhow::ensure!(
+                    db.url.contains("sslmode=disable"),
+                    "the stack's database URL has no sslmode=disable to replace"
+                );
+                db.url.replace(
+                    "sslmode=disable",
+                    &format!("sslmode=verify-full&sslrootcert={}", stack.database_ca),
+                )
+            }
             false => db.url.clone(),
         };
-        let sinks = (0..run.instances.max(1))
-            .map(|_| spawn_sink(&stack, &url, &topic, &group, batch, &run.kafka_properties))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        Ok((sinks, group))
+        let mut sinks = Running(Vec::new());
+        for _ in 0..run.instances.max(1) {
+            let sink = spawn_sink(&stack, &url, &topic, &group, batch, &run.kafka_properties)?;
+            sinks.0.push(sink);
+        }
+        Ok((std::mem::take(&mut sinks.0), group))
     }
 }

@@ -11,7 +11,8 @@
 //! tokio-postgres itself knows only `disable`, `prefer` and `require`: both parameters are
 //! taken out of the URL here, and the checks are the TLS connector's (OpenSSL through
 //! native-tls, the library the Kafka client and the registry client already use). `allow` is
-//! refused: tokio-postgres cannot try a plain connection first.
+//! refused: tokio-postgres cannot try a plain connection first. Unlike libpq, `prefer` does not
+//! retry in plain when a handshake the server accepted fails.
 
 use std::fmt;
 use std::str::FromStr;
@@ -76,12 +77,18 @@ pub struct Connection {
 pub fn parse(url: &str) -> anyhow::Result<Connection> {
     let (url, mode) = take_param(url, "sslmode");
     let (url, root) = take_param(&url, "sslrootcert");
-    let mode = match mode {
-        Some(m) => m.parse()?,
-        None => SslMode::Prefer,
-    };
     let mut config = tokio_postgres::Config::from_str(&url)
         .map_err(|_| anyhow::anyhow!("DATABASE_URL is not a valid PostgreSQL URL"))?;
+    let mode = match mode {
+        Some(m) => m.parse()?,
+        // A form this reader does not split (`sslmode = require`, with spaces) is still read
+        // by tokio-postgres: never weaken what it read.
+        None => match config.get_ssl_mode() {
+            tokio_postgres::config::SslMode::Disable => SslMode::Disable,
+            tokio_postgres::config::SslMode::Require => SslMode::Require,
+            _ => SslMode::Prefer,
+        },
+    };
     config.ssl_mode(match mode {
         SslMode::Disable => tokio_postgres::config::SslMode::Disable,
         SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
@@ -107,9 +114,7 @@ pub fn parse(url: &str) -> anyhow::Result<Connection> {
         let pem = std::fs::read(&path).with_context(|| {
             format!("sslrootcert={path} in DATABASE_URL cannot be read: name the PEM file of the CA that signed the server's certificate")
         })?;
-        let certificates = pem_blocks(&pem)
-            .map(Certificate::from_pem)
-            .collect::<Result<Vec<_>, _>>()
+        let certificates = Certificate::stack_from_pem(&pem)
             .with_context(|| format!("sslrootcert={path} holds a certificate that is not PEM"))?;
         anyhow::ensure!(
             !certificates.is_empty(),
@@ -129,9 +134,12 @@ pub fn parse(url: &str) -> anyhow::Result<Connection> {
 fn take_param(url: &str, key: &str) -> (String, Option<String>) {
     let mut value = None;
     if url.contains("://") {
-        let Some((base, query)) = url.split_once('?') else {
+        // After the user info: a password may hold a `?` (tokio-postgres takes it so).
+        let after = url.rfind('@').map_or(0, |at| at + 1);
+        let Some(q) = url[after..].find('?').map(|q| q + after) else {
             return (url.to_string(), None);
         };
+        let (base, query) = (&url[..q], &url[q + 1..]);
         let kept: Vec<&str> = query
             .split('&')
             .filter(|pair| match pair.split_once('=') {
@@ -160,19 +168,6 @@ fn take_param(url: &str, key: &str) -> (String, Option<String>) {
             .collect();
         (kept.join(" "), value)
     }
-}
-
-/// The `-----BEGIN CERTIFICATE-----` blocks of a PEM file (a CA bundle holds several).
-fn pem_blocks(pem: &[u8]) -> impl Iterator<Item = &[u8]> {
-    const END: &[u8] = b"-----END CERTIFICATE-----";
-    let mut rest = pem;
-    std::iter::from_fn(move || {
-        let start = rest.windows(11).position(|w| w == b"-----BEGIN ")?;
-        let end = rest[start..].windows(END.len()).position(|w| w == END)? + start + END.len();
-        let block = &rest[start..end];
-        rest = &rest[end..];
-        Some(block)
-    })
 }
 
 #[cfg(test)]
@@ -260,10 +255,17 @@ mod tests {
     }
 
     #[test]
-    fn a_bundle_gives_every_certificate() {
-        let pem = b"junk\n-----BEGIN CERTIFICATE-----\nA\n-----END CERTIFICATE-----\n\
-                    -----BEGIN CERTIFICATE-----\nB\n-----END CERTIFICATE-----\n";
-        assert_eq!(pem_blocks(pem).count(), 2);
-        assert_eq!(pem_blocks(b"nothing").count(), 0);
+    fn a_question_mark_in_the_password_is_not_the_query() {
+        let (url, mode) = take_param("postgres://u:p?w@h/db?sslmode=require", "sslmode");
+        assert_eq!(
+            (url.as_str(), mode.as_deref()),
+            ("postgres://u:p?w@h/db", Some("require"))
+        );
+    }
+
+    #[test]
+    fn a_mode_only_tokio_postgres_could_read_is_kept() {
+        let c = parse("host=h user=u sslmode = require").unwrap();
+        assert_eq!(c.mode, SslMode::Require);
     }
 }

@@ -194,12 +194,22 @@ impl WriteError {
     }
 }
 
+/// The reason of a failed TLS set-up: a handshake OpenSSL refused, or tokio-postgres' own
+/// ("server does not support TLS" under `require`). Its errors say so only in their text.
+fn tls_failure(e: &tokio_postgres::Error) -> Option<String> {
+    e.to_string()
+        .starts_with("error performing TLS handshake")
+        .then(|| {
+            std::error::Error::source(e)
+                .map(|cause| cause.to_string())
+                .unwrap_or_default()
+        })
+}
+
 impl From<tokio_postgres::Error> for WriteError {
     fn from(e: tokio_postgres::Error) -> Self {
-        if let Some(tls) = std::error::Error::source(&e)
-            .and_then(|cause| cause.downcast_ref::<native_tls::Error>())
-        {
-            return WriteError::Tls(tls.to_string());
+        if let Some(tls) = tls_failure(&e) {
+            return WriteError::Tls(tls);
         }
         let message = match e.as_db_error() {
             Some(db) => format!("{}: {}", db.code().code(), db.message()),
@@ -284,8 +294,13 @@ impl Writer {
     }
 
     pub async fn client(&self) -> Result<deadpool_postgres::Client, WriteError> {
+        // Connecting failed: retried whatever PostgreSQL said (a password being rotated, a
+        // database not created yet), but a TLS failure says so.
         self.pool.get().await.map_err(|e| match e {
-            deadpool_postgres::PoolError::Backend(e) => WriteError::from(e),
+            deadpool_postgres::PoolError::Backend(e) => match tls_failure(&e) {
+                Some(tls) => WriteError::Tls(tls),
+                None => WriteError::Pool(e.to_string()),
+            },
             e => WriteError::Pool(e.to_string()),
         })
     }

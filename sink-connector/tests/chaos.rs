@@ -421,12 +421,15 @@ async fn a_sink_killed_at_random_and_postgres_restarted_loses_nothing_and_adds_n
         &mismatched[..mismatched.len().min(3)]
     );
     assert_eq!(dlq_missing, 0, "poison records not dead-lettered");
-    // Every kind of poison record was produced, so every reason was checked.
-    assert_eq!(
-        by_reason.keys().collect::<Vec<_>>(),
-        ["avro", "invalid", "not_wire_format"],
-        "reasons dead-lettered"
-    );
+    // Every kind of poison record was produced (1 in 3 each, of 1 in 150 records: certain at
+    // the default backlog), so every reason was checked.
+    if produced.poison.len() >= 30 {
+        assert_eq!(
+            by_reason.keys().collect::<Vec<_>>(),
+            ["avro", "invalid", "not_wire_format"],
+            "reasons dead-lettered"
+        );
+    }
 
     assert_eq!(dlq_extra, 0, "dead letters of valid records");
     assert_eq!(

@@ -104,6 +104,23 @@ async fn disable_stays_plain_and_prefer_encrypts_when_the_server_offers_it() {
         ),
     );
     assert!(drain_with(&stack, &other_name).await, "verify-ca");
+    // require encrypts without checking: a CA the system does not trust is accepted.
+    let require = template(&stack, "localhost", "sslmode=require");
+    assert!(drain_with(&stack, &require).await, "require");
+}
+
+#[tokio::test]
+async fn the_key_value_form_carries_the_same_settings() {
+    let stack = Stack::from_env().unwrap();
+    let c = tokio_postgres::Config::from_str(&stack.database_url).unwrap();
+    let password = String::from_utf8(c.get_password().unwrap().to_vec()).unwrap();
+    let url = format!(
+        "host=localhost port={} user={} password={password} dbname={{db}} sslmode=verify-full sslrootcert={}",
+        c.get_ports()[0],
+        c.get_user().unwrap(),
+        stack.database_ca
+    );
+    assert!(drain_with(&stack, &url).await);
 }
 
 /// Starts a sink with `database_url` and requires it to stop at start, exit code 1, saying
@@ -160,6 +177,13 @@ async fn a_wrong_ca_or_host_name_stops_the_sink_naming_the_setting_to_change() {
         &["TLS to PostgreSQL failed", "sslrootcert"],
     )
     .await;
+    // require with a CA file checks against it, as libpq does.
+    let require_wrong_ca = template(
+        &stack,
+        "localhost",
+        &format!("sslmode=require&sslrootcert={}", other_ca.display()),
+    );
+    refused(&stack, &require_wrong_ca, &["TLS to PostgreSQL failed"]).await;
 
     // The right CA, a name the certificate does not hold.
     let wrong_name = template(
