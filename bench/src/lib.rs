@@ -582,3 +582,50 @@ pub fn our_sink(
         Ok((std::mem::take(&mut sinks.0), group))
     }
 }
+
+/// A benchmark's figures, each declared once: a row of the printed table (its label and its
+/// value as shown) and the exact values behind it in the JSON file.
+#[derive(Default)]
+pub struct Report {
+    rows: Vec<(String, String)>,
+    json: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Report {
+    /// A row of the table, and `values` (JSON key, value) in the file.
+    pub fn row(
+        &mut self,
+        label: impl Into<String>,
+        shown: impl Into<String>,
+        values: &[(&str, serde_json::Value)],
+    ) {
+        self.rows.push((label.into(), shown.into()));
+        self.value(values);
+    }
+
+    /// Values in the file only.
+    pub fn value(&mut self, values: &[(&str, serde_json::Value)]) {
+        for (key, value) in values {
+            self.json.insert(key.to_string(), value.clone());
+        }
+    }
+
+    /// Prints the table and writes the file (with the time of measure) to `path`.
+    pub fn finish(mut self, path: &str) -> anyhow::Result<()> {
+        println!("| figure | value |");
+        println!("| --- | --- |");
+        for (label, shown) in &self.rows {
+            println!("| {label} | {shown} |");
+        }
+        self.json.insert(
+            "measured_at".into(),
+            serde_json::Value::String(Utc::now().to_rfc3339()),
+        );
+        if let Some(dir) = std::path::Path::new(path).parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(path, serde_json::to_string_pretty(&self.json)?)?;
+        eprintln!("bench: figures written to {path}");
+        Ok(())
+    }
+}

@@ -30,7 +30,7 @@ use anyhow::{ensure, Context};
 use bench::{
     check_tables, connect, drain, encode, ensure_release_bins, env_usize, expected_tables,
     fresh_database, mib, our_sink, produce, records, register, release_bin, spawn_sink, stop,
-    Drain, Expected, Filled, SinkRun, Usage,
+    Drain, Expected, Filled, Report, SinkRun, Usage,
 };
 use chrono::{DateTime, TimeZone, Utc};
 use plumbing::testing::{unique, Stack};
@@ -38,6 +38,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use schemas::TrendingVideo;
 use secrecy::SecretString;
+use serde_json::json;
 use sink_connector::write::Writer;
 
 /// Step 1: The raw limit: rows/s.
@@ -501,84 +502,120 @@ async fn main() -> anyhow::Result<()> {
     let src = source_poll(&stack).await?;
     let ratio = main.rows_per_sec / raw_rps;
 
-    println!("| figure | value |");
-    println!("| --- | --- |");
-    println!("| records | {n} |");
-    println!("| raw limit (rows/s) | {raw_rps:.0} |");
-    println!("| raw, COPY into staging tables then the same statements (rows/s) | {copy_rps:.0} |");
-    println!("| broker read limit (records/s) | {read_rps:.0} |");
-    println!(
-        "| sink drain, batch {batch} (rows/s) | {:.0} |",
-        main.rows_per_sec
+    let mut report = Report::default();
+    report.row(
+        "records",
+        n.to_string(),
+        &[("records", json!(n)), ("batch", json!(batch))],
     );
-    println!("| sink / raw | {:.0}% |", ratio * 100.0);
-    println!(
-        "| sink drain, batch {batch}, TLS to PostgreSQL (verify-full) (rows/s; CPU s) | {:.0}; {:.1} |",
-        tls.rows_per_sec,
-        tls.usage.total_cpu()
+    report.row(
+        "raw limit (rows/s)",
+        format!("{raw_rps:.0}"),
+        &[("raw_rows_per_sec", json!(raw_rps))],
     );
-    println!(
-        "| sink drain, batch {batch}, librdkafka's default fetch.queue.backoff.ms=1000 (rows/s) | {:.0} |",
-        default_backoff.rows_per_sec
+    report.row(
+        "raw, COPY into staging tables then the same statements (rows/s)",
+        format!("{copy_rps:.0}"),
+        &[("raw_copy_rows_per_sec", json!(copy_rps))],
     );
-    println!("| sink peak RSS (MiB) | {:.1} |", mib(main.usage.max_rss()));
-    println!("| sink CPU (s) | {:.1} |", main.usage.total_cpu());
+    report.row(
+        "broker read limit (records/s)",
+        format!("{read_rps:.0}"),
+        &[("broker_read_records_per_sec", json!(read_rps))],
+    );
+    report.row(
+        format!("sink drain, batch {batch} (rows/s)"),
+        format!("{:.0}", main.rows_per_sec),
+        &[("sink_rows_per_sec", json!(main.rows_per_sec))],
+    );
+    report.row(
+        "sink / raw",
+        format!("{:.0}%", ratio * 100.0),
+        &[("sink_to_raw_ratio", json!(ratio))],
+    );
+    report.row(
+        format!("sink drain, batch {batch}, TLS to PostgreSQL (verify-full) (rows/s; CPU s)"),
+        format!("{:.0}; {:.1}", tls.rows_per_sec, tls.usage.total_cpu()),
+        &[
+            ("sink_tls_rows_per_sec", json!(tls.rows_per_sec)),
+            ("sink_tls_cpu_seconds", json!(tls.usage.total_cpu())),
+        ],
+    );
+    report.row(
+        format!(
+            "sink drain, batch {batch}, librdkafka's default fetch.queue.backoff.ms=1000 (rows/s)"
+        ),
+        format!("{:.0}", default_backoff.rows_per_sec),
+        &[(
+            "sink_rows_per_sec_default_fetch_queue_backoff",
+            json!(default_backoff.rows_per_sec),
+        )],
+    );
+    report.row(
+        "sink peak RSS (MiB)",
+        format!("{:.1}", mib(main.usage.max_rss())),
+        &[("sink_peak_rss_bytes", json!(main.usage.max_rss()))],
+    );
+    report.row(
+        "sink CPU (s)",
+        format!("{:.1}", main.usage.total_cpu()),
+        &[("sink_cpu_seconds", json!(main.usage.total_cpu()))],
+    );
     for (batch, instances, d) in &scaling {
-        println!(
-            "| sink drain, batch {batch} x{instances} instance(s) (rows/s; peak RSS MiB) | {:.0}; {:.1} |",
-            d.rows_per_sec,
-            mib(d.usage.max_rss())
+        report.row(
+            format!("sink drain, batch {batch} x{instances} instance(s) (rows/s; peak RSS MiB)"),
+            format!("{:.0}; {:.1}", d.rows_per_sec, mib(d.usage.max_rss())),
+            &[],
         );
     }
-    println!(
-        "| produce-to-visible at {}/s, {} records: p50 / p99 / max (ms) | {:.0} / {:.0} / {:.0} |",
-        lat.rate, lat.records, lat.p50, lat.p99, lat.max
+    report.value(&[(
+        "scaling",
+        scaling
+            .iter()
+            .map(|(batch, instances, d)| {
+                json!({
+                    "batch": batch, "instances": instances, "rows_per_sec": d.rows_per_sec,
+                    "peak_rss_bytes": d.usage.max_rss(), "cpu_seconds": d.usage.total_cpu(),
+                })
+            })
+            .collect(),
+    )]);
+    report.row(
+        format!(
+            "produce-to-visible at {}/s, {} records: p50 / p99 / max (ms)",
+            lat.rate, lat.records
+        ),
+        format!("{:.0} / {:.0} / {:.0}", lat.p50, lat.p99, lat.max),
+        &[
+            ("e2e_rate_per_sec", json!(lat.rate)),
+            ("e2e_records", json!(lat.records)),
+            ("e2e_p50_ms", json!(lat.p50)),
+            ("e2e_p99_ms", json!(lat.p99)),
+            ("e2e_max_ms", json!(lat.max)),
+        ],
     );
-    println!(
-        "| source: one poll of 4 x 200 videos: time (s); CPU (s); peak RSS (MiB) | {:.1}; {:.2}; {:.1} |",
-        src.secs,
-        src.usage.total_cpu(),
-        mib(src.usage.max_rss())
+    report.row(
+        "source: one poll of 4 x 200 videos: time (s); CPU (s); peak RSS (MiB)",
+        format!(
+            "{:.1}; {:.2}; {:.1}",
+            src.secs,
+            src.usage.total_cpu(),
+            mib(src.usage.max_rss())
+        ),
+        &[
+            ("source_videos", json!(src.videos)),
+            ("source_poll_seconds", json!(src.secs)),
+            ("source_cpu_seconds", json!(src.usage.total_cpu())),
+            ("source_peak_rss_bytes", json!(src.usage.max_rss())),
+        ],
     );
-    println!(
-        "| bench duration (s) | {:.0} |",
-        begun.elapsed().as_secs_f64()
+    let duration = begun.elapsed().as_secs_f64();
+    report.row(
+        "bench duration (s)",
+        format!("{duration:.0}"),
+        &[("duration_seconds", json!(duration))],
     );
-
-    let json = serde_json::json!({
-        "records": n, "batch": batch,
-        "raw_rows_per_sec": raw_rps,
-        "raw_copy_rows_per_sec": copy_rps,
-        "broker_read_records_per_sec": read_rps,
-        "sink_rows_per_sec": main.rows_per_sec,
-        "sink_to_raw_ratio": ratio,
-        "sink_tls_rows_per_sec": tls.rows_per_sec,
-        "sink_tls_cpu_seconds": tls.usage.total_cpu(),
-        "sink_rows_per_sec_default_fetch_queue_backoff": default_backoff.rows_per_sec,
-        "sink_peak_rss_bytes": main.usage.max_rss(),
-        "sink_cpu_seconds": main.usage.total_cpu(),
-        "scaling": scaling.iter().map(|(batch, instances, d)| serde_json::json!({
-            "batch": batch, "instances": instances, "rows_per_sec": d.rows_per_sec,
-            "peak_rss_bytes": d.usage.max_rss(), "cpu_seconds": d.usage.total_cpu(),
-        })).collect::<Vec<_>>(),
-        "e2e_rate_per_sec": lat.rate,
-        "e2e_records": lat.records,
-        "e2e_p50_ms": lat.p50,
-        "e2e_p99_ms": lat.p99,
-        "e2e_max_ms": lat.max,
-        "source_videos": src.videos,
-        "source_poll_seconds": src.secs,
-        "source_cpu_seconds": src.usage.total_cpu(),
-        "source_peak_rss_bytes": src.usage.max_rss(),
-        "duration_seconds": begun.elapsed().as_secs_f64(),
-        "measured_at": Utc::now().to_rfc3339(),
-    });
-    std::fs::create_dir_all("target/bench")?;
-    std::fs::write(
-        "target/bench/latest.json",
-        serde_json::to_string_pretty(&json)?,
-    )?;
-    eprintln!("bench: figures written to target/bench/latest.json");
+    report.finish("target/bench/latest.json")?;
     // The targets the README shows as met: a run that misses one fails.
     let mut missed = Vec::new();
     // Both targets are for the default run: with fewer records the sink's start-up weighs.
