@@ -439,7 +439,6 @@ impl Drop for Running {
 
 /// One drain of the filled topic by one contender.
 pub struct Drain {
-    pub label: String,
     /// From starting the processes to the last offset committed.
     pub secs: f64,
     /// From starting the processes to the first offset committed (start-up, group join).
@@ -520,7 +519,6 @@ pub async fn drain(
     check_tables(&db.url, expected, with_videos, label).await?;
     let (first_commit_secs, first_records) = first_commit.unwrap_or((secs, 0));
     let d = Drain {
-        label: label.to_string(),
         secs,
         first_commit_secs,
         rows_per_sec: filled.records() as f64 / secs,

@@ -40,7 +40,7 @@ use crate::consume::SinkConsumer;
 use crate::decode::{DecodeError, Decoder};
 use crate::dlq::DeadLetters;
 use crate::events::{BatchWritten, ChartsIncomplete, DependencyRetrying, RecordsDeadLettered};
-use crate::write::Writer;
+use crate::write::{WriteError, Writer};
 
 /// The dependencies `/readyz` reports on.
 pub const READINESS_CHECKS: &[&str] = &["kafka", "postgres", "schema_registry"];
@@ -85,22 +85,25 @@ pub async fn run(
 
     // Start-up steps wait for their dependency, with backoff, until shutdown.
     let boot = async {
-        // A TLS handshake refused at start stops the sink: DATABASE_URL's TLS settings do not
-        // fit this server, and waiting cannot change that.
-        if !config.skip_migrations {
-            retry_until_ok(&backoff, &readiness, "postgres", || async {
-                let mut client = match writer.client().await {
-                    Err(e) if e.is_tls() => return Ok(Err(e)),
-                    connected => connected?,
-                };
-                anyhow::Ok(Ok(migrate::run(&mut client).await?))
-            })
-            .await?;
-        }
+        // Migrations (unless skipped), then a query within the write timeout. A TLS handshake
+        // refused at start stops the sink: DATABASE_URL's TLS settings do not fit this server,
+        // and waiting cannot change that.
         retry_until_ok(&backoff, &readiness, "postgres", || async {
-            match writer.ping().await {
-                Err(e) if e.is_tls() => Ok(Err(e)),
-                pinged => pinged.map(Ok),
+            let started = async {
+                if !config.skip_migrations {
+                    migrate::run(&mut *writer.client().await?).await?;
+                }
+                writer.ping().await?;
+                anyhow::Ok(())
+            };
+            match started.await {
+                Err(e)
+                    if e.downcast_ref::<WriteError>()
+                        .is_some_and(WriteError::is_tls) =>
+                {
+                    Ok(Err(e))
+                }
+                started => started.map(Ok),
             }
         })
         .await?;

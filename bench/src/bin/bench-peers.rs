@@ -81,17 +81,17 @@ fn connector_properties(
     name: &str,
     topic: &str,
     db: &TestDatabase,
+    url: &tokio_postgres::Config,
     secret_file: &Path,
     tasks: usize,
     batch: usize,
-) -> anyhow::Result<String> {
-    let url = tokio_postgres::Config::from_str(&db.url)?;
+) -> String {
     let host = match url.get_hosts().first() {
         Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
         _ => "127.0.0.1".into(),
     };
     let port = url.get_ports().first().copied().unwrap_or(5432);
-    Ok(format!(
+    format!(
         "name={name}
 connector.class=io.debezium.connector.jdbc.JdbcSinkConnector
 tasks.max={tasks}
@@ -117,7 +117,7 @@ transforms.snapshot.include=region_code,fetched_at,video_id,rank,view_count,like
         dbname = db.name,
         user = url.get_user().unwrap_or("trending"),
         secret = secret_file.display(),
-    ))
+    )
 }
 
 /// A Connect worker running Debezium's JDBC sink: a contender for [`drain`].
@@ -136,7 +136,8 @@ fn peer(
         let root = workspace_root();
         let run_dir = root.join(".stack/connect/runs").join(&name);
         fs::create_dir_all(&run_dir)?;
-        let password = tokio_postgres::Config::from_str(&db.url)?
+        let url = tokio_postgres::Config::from_str(&db.url)?;
+        let password = url
             .get_password()
             .map(|p| String::from_utf8_lossy(p).into_owned())
             .unwrap_or_default();
@@ -147,7 +148,7 @@ fn peer(
         let connector = run_dir.join("connector.properties");
         fs::write(
             &connector,
-            connector_properties(&name, &topic, db, &secret, tasks, batch)?,
+            connector_properties(&name, &topic, db, &url, &secret, tasks, batch),
         )?;
         let log_path = root.join(format!(".stack/logs/connect-{name}.log"));
         let log = fs::File::create(&log_path)?;

@@ -103,6 +103,11 @@ impl Sink {
         self.sigterm();
         let status = self.wait(Duration::from_secs(30)).await;
         assert!(status.success(), "sink exit {status:?}:\n{}", self.logs());
+        self.assert_secret_not_logged();
+    }
+
+    /// The database password reached no log line.
+    pub fn assert_secret_not_logged(&self) {
         assert!(
             !self.logs().contains(&self.secret),
             "the database password reached the logs"
