@@ -129,7 +129,17 @@ start() { # name binary port command...
     log "starting $name on 127.0.0.1:$port (log: .stack/logs/$name.log)"
     # exec keeps one pid from here to the server, so the pid file names the server itself.
     (cd "$STATE" && exec setsid "$@" >>"$LOGS/$name.log" 2>&1 </dev/null) &
-    echo $! >"$PIDS/$name.pid"
+    local pid=$!
+    echo "$pid" >"$PIDS/$name.pid"
+    # Until it execs, the child is a copy of this shell, whose command line does not name the
+    # server: `our_pid` would take it for a stale pid and the start for a crash (it did, on a
+    # busy machine). Wait for the exec, or for the child to be gone (then wait_until says so).
+    local _
+    for _ in $(seq 1 100); do
+        [ -r "/proc/$pid/cmdline" ] || break
+        tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "$bin" && break
+        sleep 0.05
+    done
 }
 
 # Waits until `command` succeeds; fails at once, with the end of its log, if the process `name`
