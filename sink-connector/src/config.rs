@@ -13,6 +13,8 @@ use plumbing::registry::RegistryArgs;
 use plumbing::telemetry::LogArgs;
 use secrecy::SecretString;
 
+use crate::history::Retention;
+
 /// Consumes TrendingVideo records from Kafka and keeps PostgreSQL up to date with batched,
 /// idempotent upserts, committing offsets only after the database has committed.
 ///
@@ -100,6 +102,15 @@ pub struct Config {
     /// chart is briefly incomplete while they are being written.
     #[arg(long, env = "SINK_CHART_GRACE", default_value = "30m", value_parser = parse_duration)]
     pub chart_grace: Duration,
+
+    /// How long the chart history (`video_snapshots`, `charts`) is kept, e.g. `30d` or `400d`;
+    /// `0` keeps it forever. It is dropped a whole UTC month at a time, once the month's last
+    /// instant is older than this (checked at start and every hour), with the `videos` rows no
+    /// chart has shown since; records older than that are not written (a replay does not bring
+    /// them back). YouTube's developer policies limit how long data fetched with an API key may
+    /// be stored: see the README, "Running for months".
+    #[arg(long, env = "SNAPSHOT_RETENTION", default_value = "0", value_parser = Retention::parse)]
+    pub snapshot_retention: Retention,
 
     /// Do not apply migrations at start-up (when they are applied by another process).
     #[arg(long, env = "SINK_SKIP_MIGRATIONS")]

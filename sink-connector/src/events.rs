@@ -13,6 +13,8 @@ pub struct BatchWritten {
     pub records: usize,
     pub deduplicated: usize,
     pub dead_lettered: usize,
+    /// Records older than the SNAPSHOT_RETENTION horizon, left out.
+    pub expired: usize,
     pub written: Written,
     pub partitions_committed: usize,
     /// `partition:first-last` of the batch's records.
@@ -30,6 +32,7 @@ impl BatchWritten {
             snapshots = self.written.snapshots,
             deduplicated = self.deduplicated,
             dead_lettered = self.dead_lettered,
+            expired = self.expired,
             partitions = self.partitions_committed,
             offsets = %self.offsets,
             write_ms = self.write_duration.as_millis() as u64,
@@ -37,7 +40,8 @@ impl BatchWritten {
         );
         counter!("sink_records_consumed_total").increment(self.records as u64);
         counter!("sink_records_written_total")
-            .increment((self.records - self.dead_lettered) as u64);
+            .increment((self.records - self.dead_lettered - self.expired) as u64);
+        counter!("sink_records_expired_total").increment(self.expired as u64);
         counter!("sink_records_deduplicated_total").increment(self.deduplicated as u64);
         counter!("sink_rows_upserted_total", "table" => "videos").increment(self.written.videos);
         counter!("sink_rows_upserted_total", "table" => "video_snapshots")
@@ -149,5 +153,63 @@ impl ChartsIncomplete {
                  complete = false); their records may have been dead-lettered"
             );
         }
+    }
+}
+
+/// Partitions of the chart history created (ahead of their month, or for a record's month).
+pub struct PartitionsCreated<'a> {
+    pub names: &'a [String],
+}
+
+impl PartitionsCreated<'_> {
+    pub fn emit(&self) {
+        tracing::info!(partitions = ?self.names, "Chart history: partitions created");
+        counter!("sink_snapshot_partitions_created_total").increment(self.names.len() as u64);
+    }
+}
+
+/// A month of chart history dropped: it is older than SNAPSHOT_RETENTION.
+pub struct PartitionDropped {
+    pub month: crate::history::Month,
+    pub partition: String,
+    pub snapshots: u64,
+    pub charts: u64,
+    pub retention: crate::history::Retention,
+}
+
+impl PartitionDropped {
+    pub fn emit(&self) {
+        tracing::info!(month = %self.month, partition = %self.partition,
+            snapshots = self.snapshots, charts = self.charts, retention = %self.retention,
+            "Chart history: month older than SNAPSHOT_RETENTION dropped");
+        counter!("sink_snapshot_partitions_dropped_total").increment(1);
+        counter!("sink_snapshots_dropped_total").increment(self.snapshots);
+    }
+}
+
+/// Videos no chart has shown since the history's horizon, deleted from `videos`.
+pub struct VideosExpired {
+    pub videos: u64,
+    pub horizon: chrono::DateTime<chrono::Utc>,
+}
+
+impl VideosExpired {
+    pub fn emit(&self) {
+        tracing::info!(videos = self.videos, last_fetched_before = %self.horizon,
+            "Chart history: videos not fetched since the SNAPSHOT_RETENTION horizon deleted");
+        counter!("sink_videos_expired_total").increment(self.videos);
+    }
+}
+
+/// The history maintenance round failed; it is tried again at the next round.
+pub struct HistoryRoundFailed<'a> {
+    pub error: &'a dyn std::fmt::Display,
+}
+
+impl HistoryRoundFailed<'_> {
+    pub fn emit(&self) {
+        tracing::warn!(error = %self.error, every_s = crate::history::ROUND_EVERY.as_secs(),
+            "Chart history: could not create or drop partitions; trying again at the next round");
+        counter!("sink_history_round_errors_total").increment(1);
     }
 }

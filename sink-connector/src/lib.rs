@@ -15,6 +15,7 @@ pub mod consume;
 pub mod decode;
 pub mod dlq;
 pub mod events;
+pub mod history;
 pub mod migrate;
 pub mod replay;
 pub mod tls;
@@ -39,7 +40,10 @@ use crate::config::{Config, ErrorsTolerance};
 use crate::consume::SinkConsumer;
 use crate::decode::{DecodeError, Decoder};
 use crate::dlq::DeadLetters;
-use crate::events::{BatchWritten, ChartsIncomplete, DependencyRetrying, RecordsDeadLettered};
+use crate::events::{
+    BatchWritten, ChartsIncomplete, DependencyRetrying, HistoryRoundFailed, RecordsDeadLettered,
+};
+use crate::history::Retention;
 use crate::write::{WriteError, Writer};
 
 /// The dependencies `/readyz` reports on.
@@ -58,6 +62,7 @@ struct Sink {
     readiness: Readiness,
     backoff: Backoff,
     tolerance: ErrorsTolerance,
+    retention: Retention,
     lag: consume::LagReporter,
     /// Stages waiting for a dependency; fetching is paused while there is one.
     fetch_holders: std::sync::Mutex<usize>,
@@ -85,15 +90,16 @@ pub async fn run(
 
     // Start-up steps wait for their dependency, with backoff, until shutdown.
     let boot = async {
-        // Migrations (unless skipped), then a query within the write timeout. A TLS handshake
-        // refused at start stops the sink: DATABASE_URL's TLS settings do not fit this server,
-        // and waiting cannot change that.
+        // Migrations (unless skipped), a query within the write timeout, then the history's
+        // partitions. A TLS handshake refused at start stops the sink: DATABASE_URL's TLS
+        // settings do not fit this server, and waiting cannot change that.
         retry_until_ok(&backoff, &readiness, "postgres", || async {
             let started = async {
                 if !config.skip_migrations {
                     migrate::run(&mut *writer.client().await?).await?;
                 }
                 writer.ping().await?;
+                writer.keep_history(config.snapshot_retention).await?;
                 anyhow::Ok(())
             };
             match started.await {
@@ -147,13 +153,23 @@ pub async fn run(
         readiness,
         backoff,
         tolerance: config.errors_tolerance,
+        retention: config.snapshot_retention,
         lag: consume::LagReporter::start(&config.kafka, &config.topic)?,
         fetch_holders: std::sync::Mutex::new(0),
         finishing: std::sync::atomic::AtomicU8::new(NOT_WRITING),
     };
-    let charts_watch = tokio::spawn(watch_charts(chart_writer, config.chart_grace));
+    let charts_watch = tokio::spawn(watch_charts(chart_writer.clone(), config.chart_grace));
+    let history_upkeep = tokio::spawn(keep_history(chart_writer, config.snapshot_retention));
     tracing::info!(topic = %config.topic, group = %config.group_id, dlq = sink.dlq.topic(),
-        batch_max_records = config.batch_max_records, "Sink connector started");
+        batch_max_records = config.batch_max_records,
+        snapshot_retention = %config.snapshot_retention, "Sink connector started");
+    if config.snapshot_retention == Retention::FOREVER {
+        tracing::info!(
+            "Chart history kept forever (SNAPSHOT_RETENTION=0). YouTube's developer policies \
+             limit how long data fetched with an API key may be stored: see the README, \
+             \"Running for months\""
+        );
+    }
 
     // Two stages overlap: while one batch is written and committed, the next is collected and
     // decoded, so the sink's CPU work runs while PostgreSQL works on the previous batch. Batches
@@ -214,6 +230,7 @@ pub async fn run(
         }
     };
     charts_watch.abort();
+    history_upkeep.abort();
     // Leave the group at once so the partitions move without waiting for the session timeout.
     sink.consumer.unsubscribe();
     tracing::info!("Sink connector stopped");
@@ -237,6 +254,20 @@ async fn watch_charts(writer: Writer, grace: std::time::Duration) {
                 previous = count;
             }
             Err(e) => tracing::debug!(error = %e, "Could not count the incomplete charts"),
+        }
+    }
+}
+
+/// Creates the history's partitions ahead and drops expired months, every
+/// [`history::ROUND_EVERY`] (the first round ran at start).
+async fn keep_history(writer: Writer, retention: Retention) {
+    let mut tick = tokio::time::interval(history::ROUND_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if let Err(e) = writer.keep_history(retention).await {
+            HistoryRoundFailed { error: &e }.emit();
         }
     }
 }
@@ -343,9 +374,14 @@ impl Sink {
     async fn finish(&self, prepared: Prepared) -> anyhow::Result<()> {
         let Prepared {
             batch,
-            good,
+            mut good,
             poison,
         } = prepared;
+        // Older than the retention keeps: not written, so a replay does not bring it back.
+        let horizon = self.retention.horizon(Utc::now());
+        let decoded = good.len();
+        good.retain(|v| !horizon.is_some_and(|h| v.fetched_at < h));
+        let expired = decoded - good.len();
         let deduped = batch::dedup(&good);
         let started = Instant::now();
         let written = self
@@ -392,6 +428,7 @@ impl Sink {
             records: batch.len(),
             deduplicated: deduped.duplicates(good.len()),
             dead_lettered: poison.len(),
+            expired,
             written,
             partitions_committed: committed.len(),
             offsets: consume::describe_offsets(&batch),

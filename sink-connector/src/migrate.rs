@@ -25,11 +25,23 @@ pub enum MigrateError {
 
 /// Applies every migration not yet applied; returns the versions applied by this call.
 pub async fn run(client: &mut Client) -> Result<Vec<i32>, MigrateError> {
+    run_to(client, refinery::Target::Latest).await
+}
+
+/// Applies the migrations not yet applied up to `target` (a test of a migration that moves
+/// data starts from the version before it).
+pub async fn run_to(
+    client: &mut Client,
+    target: refinery::Target,
+) -> Result<Vec<i32>, MigrateError> {
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
         .await
         .map_err(MigrateError::Lock)?;
-    let result = embedded::migrations::runner().run_async(client).await;
+    let result = embedded::migrations::runner()
+        .set_target(target)
+        .run_async(client)
+        .await;
     // Released even when migrating failed; the session ending would release it too.
     let _ = client
         .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY])

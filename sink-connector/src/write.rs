@@ -25,6 +25,7 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio_postgres::error::SqlState;
 
 use crate::batch::Deduped;
+use crate::history::{Month, Partitions, Retention};
 
 /// The guarded upsert of `videos` from `rows`: a FROM item named `u` with the columns of
 /// `videos` (`tags` as a JSON array in text: UNNEST cannot take an array of arrays).
@@ -227,6 +228,16 @@ impl From<tokio_postgres::Error> for WriteError {
             Some(c) if c.code().starts_with("53") || c.code().starts_with("57") => {
                 ("unavailable", true)
             }
+            // A lock waited for longer than the history's lock timeout allows.
+            Some(c) if *c == SqlState::LOCK_NOT_AVAILABLE => ("conflict", true),
+            // A record's month has no partition: dropped by another instance meanwhile.
+            Some(c)
+                if *c == SqlState::CHECK_VIOLATION
+                    && e.as_db_error()
+                        .is_some_and(|db| db.message().starts_with("no partition of relation")) =>
+            {
+                ("no_partition", true)
+            }
             Some(_) => ("rejected", false),
         };
         WriteError::Db {
@@ -249,6 +260,7 @@ pub struct Written {
 pub struct Writer {
     pool: Pool,
     write_timeout: Duration,
+    partitions: Partitions,
 }
 
 impl Writer {
@@ -290,6 +302,7 @@ impl Writer {
         Ok(Writer {
             pool,
             write_timeout,
+            partitions: Partitions::default(),
         })
     }
 
@@ -317,10 +330,25 @@ impl Writer {
         }
     }
 
-    /// Writes one deduplicated batch in one transaction, within the write timeout.
+    /// Writes one deduplicated batch in one transaction, within the write timeout, after
+    /// creating the partitions of the history its snapshots need.
     pub async fn write(&self, batch: &Deduped<'_>) -> Result<Written, WriteError> {
         let mut client = self.client().await?;
-        match tokio::time::timeout(self.write_timeout, Self::write_in(&mut client, batch)).await {
+        let months: std::collections::BTreeSet<Month> = batch
+            .snapshots
+            .iter()
+            .map(|r| Month::of(r.fetched_at))
+            .collect();
+        let writing = async {
+            self.partitions.ensure(&mut client, months).await?;
+            Self::write_in(&mut client, batch).await
+        };
+        match tokio::time::timeout(self.write_timeout, writing).await {
+            Ok(Err(e)) if e.kind() == "no_partition" => {
+                // Dropped by another instance: checked again at the retry.
+                self.partitions.forget();
+                Err(e)
+            }
             Ok(written) => written,
             Err(_) => {
                 // Out of the pool and closed: its transaction is in an unknown state (the
@@ -466,6 +494,13 @@ impl Writer {
         let snapshots = row.get::<_, i64>(0) as u64;
         tx.commit().await?;
         Ok(Written { videos, snapshots })
+    }
+
+    /// One round of the history's upkeep: partitions created ahead, expired months dropped.
+    pub async fn keep_history(&self, retention: Retention) -> Result<(), WriteError> {
+        let mut client = self.client().await?;
+        let now = chrono::Utc::now();
+        Ok(self.partitions.round(&mut client, retention, now).await?)
     }
 
     /// How many charts older than `grace` still miss videos.
