@@ -5,7 +5,8 @@
 //!    (`(last_fetched_at, region_code)` compared as a pair, so ties resolve the same way in any
 //!    order); `first_seen_at` keeps the earliest value;
 //! 2. lower `first_seen_at` of rows the guard kept (an older record arriving late);
-//! 3. upsert `video_snapshots` on its primary key and, in the same statement, add the snapshots
+//! 3. upsert `video_snapshots` (insert new rows, rewrite stored ones; its monthly partitions
+//!    are created first, see [`crate::history`]) and, in the same statement, add the snapshots
 //!    it inserted to their chart's `videos_written` in `charts` (one row per region and
 //!    `fetched_at`; a chart's records are spread over the partitions, so several batches, or
 //!    instances, add to one row in turn). `complete` (generated: `videos_written >=
@@ -77,38 +78,52 @@ WHERE videos.video_id = u.video_id AND u.first_seen_at < videos.first_seen_at"
 
 /// Upserts the snapshots of `snapshots` (a FROM item named `s` with the columns of
 /// `video_snapshots`) and, in the same statement, adds to each chart's `videos_written` the
-/// snapshots it inserted (`xmax = 0` tells an inserted row from an updated one: a replayed
-/// record updates its row and adds nothing); `chart_sizes` (a FROM item named `c`: region_code,
-/// fetched_at, chart_size) gives each chart's size. The charts' rows are locked in key order, so
-/// two instances writing parts of one chart add up in turn and never wait for each other in a
-/// cycle; a size learnt from newer records is kept. Returns the snapshots written.
+/// snapshots it inserted; `chart_sizes` (a FROM item named `c`: region_code, fetched_at,
+/// chart_size) gives each chart's size. Returns the snapshots written.
+///
+/// Inserted and rewritten rows are told apart by two steps rather than one upsert (a
+/// partitioned table cannot return `xmax`): new rows are inserted, and the rows stored before
+/// this statement (a replayed record) are rewritten by the UPDATE, which sees the table as it was
+/// when the statement started, so never the rows just inserted. A row a concurrent transaction
+/// inserts meanwhile is counted by that transaction only (and keeps its values: the same record
+/// gives the same values). The charts' rows are locked in key
+/// order, so two instances writing parts of one chart add up in turn and never wait for each
+/// other in a cycle; a size learnt from newer records is kept.
 pub fn upsert_snapshots_and_charts(snapshots: &str, chart_sizes: &str) -> String {
     format!(
         "
-WITH written AS (
+WITH inserted AS (
     INSERT INTO video_snapshots (region_code, fetched_at, video_id, rank, view_count,
         like_count, comment_count, favorite_count)
     SELECT s.region_code, s.fetched_at, s.video_id, s.rank, s.view_count, s.like_count,
         s.comment_count, s.favorite_count
     FROM {snapshots}
-    ON CONFLICT (region_code, fetched_at, video_id) DO UPDATE SET
-        rank = EXCLUDED.rank, view_count = EXCLUDED.view_count,
-        like_count = EXCLUDED.like_count, comment_count = EXCLUDED.comment_count,
-        favorite_count = EXCLUDED.favorite_count
-    RETURNING region_code, fetched_at, (xmax = 0) AS inserted
+    ON CONFLICT (region_code, fetched_at, video_id) DO NOTHING
+    RETURNING region_code, fetched_at, video_id
+), rewritten AS (
+    UPDATE video_snapshots v SET
+        rank = s.rank, view_count = s.view_count, like_count = s.like_count,
+        comment_count = s.comment_count, favorite_count = s.favorite_count
+    FROM {snapshots}
+    WHERE v.region_code = s.region_code AND v.fetched_at = s.fetched_at
+        AND v.video_id = s.video_id
+        -- Evaluated once: when every row was new (no replay), nothing is looked up again.
+        AND (SELECT count(*) FROM inserted) < (SELECT count(*) FROM {snapshots})
+    RETURNING 1
 ), charts_counted AS (
     INSERT INTO charts (region_code, fetched_at, chart_size, videos_written)
-    SELECT w.region_code, w.fetched_at, c.chart_size, w.added
-    FROM (SELECT region_code, fetched_at, count(*) FILTER (WHERE inserted) AS added
-          FROM written GROUP BY region_code, fetched_at) w
-    JOIN {chart_sizes} ON c.region_code = w.region_code AND c.fetched_at = w.fetched_at
-    ORDER BY w.region_code, w.fetched_at
+    SELECT c.region_code, c.fetched_at, c.chart_size, coalesce(w.added, 0)
+    FROM {chart_sizes}
+    LEFT JOIN (SELECT region_code, fetched_at, count(*) AS added
+               FROM inserted GROUP BY region_code, fetched_at) w
+        ON w.region_code = c.region_code AND w.fetched_at = c.fetched_at
+    ORDER BY c.region_code, c.fetched_at
     ON CONFLICT (region_code, fetched_at) DO UPDATE SET
         videos_written = charts.videos_written + EXCLUDED.videos_written,
         chart_size = COALESCE(EXCLUDED.chart_size, charts.chart_size)
 )
 -- PostgreSQL runs a data-modifying WITH whole whether or not the query reads it.
-SELECT count(*) FROM written"
+SELECT (SELECT count(*) FROM inserted) + (SELECT count(*) FROM rewritten)"
     )
 }
 

@@ -1,0 +1,239 @@
+//! The chart history kept a month at a time: each snapshot lands in its UTC month's partition,
+//! SNAPSHOT_RETENTION drops whole expired months (with their charts and the videos no chart has
+//! shown since), and replaying the topic does not bring them back.
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use common::*;
+use plumbing::testing::{unique, Stack, TestDatabase};
+use sink_connector::history::Month;
+
+/// The partitions of `video_snapshots`, by name.
+async fn partitions(db: &TestDatabase) -> BTreeSet<String> {
+    connect(db)
+        .await
+        .query(
+            "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+             WHERE i.inhparent = 'video_snapshots'::regclass",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+fn month_before(m: Month) -> Month {
+    Month::of(m.start() - Duration::days(1))
+}
+
+fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(y, mo, d, h, mi, s).unwrap()
+}
+
+#[tokio::test]
+async fn each_snapshot_lands_in_the_partition_of_its_month() {
+    let stack = Stack::from_env().unwrap();
+    let topic = stack.create_topic(3).await.unwrap();
+    let group = unique("sink-");
+    let db = stack.create_database().await.unwrap();
+    let last_second_of_october = utc(2026, 10, 31, 23, 59, 59);
+    let first_second_of_november = utc(2026, 11, 1, 0, 0, 0);
+    let long_ago = utc(1999, 12, 31, 23, 0, 0);
+    let mut videos = chart("FR", 4, last_second_of_october, 10);
+    videos.extend(chart("FR", 3, first_second_of_november, 20));
+    videos.extend(chart("US", 2, long_ago, 30));
+    let ends = produce_raw(&producer(&stack), &topic, encode(&stack, &topic, &videos).await).await;
+    let sink = Sink::spawn(&stack, &db, &topic, &group, &[]);
+    wait_committed(&stack, &topic, &group, 3, &ends, &sink).await;
+
+    let rows = connect(&db)
+        .await
+        .query(
+            "SELECT tableoid::regclass::text, count(*) FROM video_snapshots GROUP BY 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    let by_partition: HashMap<String, i64> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(
+        by_partition,
+        HashMap::from([
+            ("video_snapshots_p2026_10".to_string(), 4),
+            ("video_snapshots_p2026_11".to_string(), 3),
+            ("video_snapshots_p1999_12".to_string(), 2),
+        ])
+    );
+    // This month's and next month's partitions exist ahead of any record.
+    let now = Month::of(Utc::now());
+    let expected: BTreeSet<String> = [
+        Month::of(last_second_of_october),
+        Month::of(first_second_of_november),
+        Month::of(long_ago),
+        now,
+        now.next(),
+    ]
+    .iter()
+    .map(|m| m.partition())
+    .collect();
+    assert_eq!(partitions(&db).await, expected);
+    let addr = sink.http_addr().await;
+    wait_metric(
+        &addr,
+        "sink_snapshot_partitions_created_total",
+        expected.len() as f64,
+    )
+    .await;
+    assert_eq!(
+        stored_snapshots(&db).await.len(),
+        videos.len(),
+        "every snapshot stored"
+    );
+    sink.stop().await;
+}
+
+#[tokio::test]
+async fn retention_drops_whole_expired_months_and_a_replay_does_not_bring_them_back() {
+    let stack = Stack::from_env().unwrap();
+    let topic = stack.create_topic(3).await.unwrap();
+    let db = stack.create_database().await.unwrap();
+    let now = Utc::now();
+    let m0 = Month::of(now);
+    let m1 = month_before(m0);
+    let m2 = month_before(m1);
+    let m3 = month_before(m2);
+    let m4 = month_before(m3);
+    let day = |m: Month, d: i64| m.start() + Duration::days(d);
+    // DE only in an expired month; FR in an expired and a kept one; US only in kept ones, one
+    // chart of it older than the retention but in the month the retention ends in.
+    let mut videos = chart("DE", 5, day(m4, 1), 100);
+    videos.extend(chart("FR", 5, day(m3, 1), 200));
+    videos.extend(chart("FR", 5, day(m1, 1), 300));
+    videos.extend(chart("US", 5, day(m2, 1), 400));
+    videos.extend(chart("US", 5, day(m0, 0), 500));
+    let ends = produce_raw(&producer(&stack), &topic, encode(&stack, &topic, &videos).await).await;
+
+    // 1. Kept forever (the default): everything stored.
+    let group = unique("sink-");
+    let sink = Sink::spawn(&stack, &db, &topic, &group, &[]);
+    wait_committed(&stack, &topic, &group, 3, &ends, &sink).await;
+    sink.stop().await;
+    let all_snapshots = stored_snapshots(&db).await;
+    let all_videos = stored_videos(&db).await;
+    assert_eq!((all_snapshots.len(), all_videos.len()), (25, 15));
+
+    // 2. A retention ending ten days into m2: m4 and m3 have expired, m2 is kept whole
+    //    (its chart older than the retention included).
+    let retention = (now - day(m2, 10)).num_seconds();
+    let retention = format!("{retention}s");
+    let sink = Sink::spawn(
+        &stack,
+        &db,
+        &topic,
+        &group,
+        &[("SNAPSHOT_RETENTION", retention.as_str())],
+    );
+    let addr = sink.http_addr().await;
+    wait_metric(&addr, "sink_snapshot_partitions_dropped_total", 2.0).await;
+    wait_metric(&addr, "sink_snapshots_dropped_total", 10.0).await;
+    wait_metric(&addr, "sink_videos_expired_total", 5.0).await;
+    let kept: BTreeSet<String> = [m2, m1, m0, m0.next()]
+        .iter()
+        .map(|m| m.partition())
+        .collect();
+    assert_eq!(partitions(&db).await, kept, "exactly m4 and m3 dropped");
+    let expired_at = |at_ms: i64| at_ms < m2.start().timestamp_millis();
+    let expected_snapshots: HashMap<_, _> = all_snapshots
+        .iter()
+        .filter(|((_, at, _), _)| !expired_at(*at))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    assert_eq!(expected_snapshots.len(), 15);
+    assert_eq!(stored_snapshots(&db).await, expected_snapshots);
+    let expected_videos: HashMap<_, _> = all_videos
+        .iter()
+        .filter(|(id, _)| !id.starts_with("DE"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    assert_eq!(
+        stored_videos(&db).await,
+        expected_videos,
+        "the videos no kept chart shows are gone, the others unchanged"
+    );
+    let charts: Vec<(String, DateTime<Utc>, i32)> = connect(&db)
+        .await
+        .query(
+            "SELECT region_code, fetched_at, videos_written FROM charts ORDER BY fetched_at",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        charts,
+        [
+            ("US".to_string(), day(m2, 1), 5),
+            ("FR".to_string(), day(m1, 1), 5),
+            ("US".to_string(), day(m0, 0), 5),
+        ]
+    );
+    let logs = sink.logs();
+    for m in [m4, m3] {
+        assert!(
+            logs.lines().any(|l| l.contains("month older than SNAPSHOT_RETENTION dropped")
+                && l.contains(&m.partition())),
+            "the drop of {} is logged:\n{logs}",
+            m.partition()
+        );
+    }
+    sink.stop().await;
+    let (snapshots, videos_table, charts_table) = dump(&db).await;
+
+    // 3. A replay of the whole topic (a new group) with the retention: the expired records
+    //    are counted and left out, the tables stay as they are, no partition comes back.
+    let replay = unique("sink-replay-");
+    let sink = Sink::spawn(
+        &stack,
+        &db,
+        &topic,
+        &replay,
+        &[("SNAPSHOT_RETENTION", retention.as_str())],
+    );
+    wait_committed(&stack, &topic, &replay, 3, &ends, &sink).await;
+    let addr = sink.http_addr().await;
+    wait_metric(&addr, "sink_records_expired_total", 10.0).await;
+    wait_metric(&addr, "sink_records_written_total", 15.0).await;
+    assert_eq!(partitions(&db).await, kept, "no expired month recreated");
+    assert_eq!(
+        dump(&db).await,
+        (snapshots, videos_table, charts_table),
+        "the replay left the tables as they were"
+    );
+    sink.stop().await;
+}
+
+#[tokio::test]
+async fn a_retention_that_is_not_a_duration_is_refused_with_the_setting_named() {
+    let stack = Stack::from_env().unwrap();
+    let db = stack.create_database().await.unwrap();
+    let mut sink = Sink::spawn(
+        &stack,
+        &db,
+        "unused",
+        "unused",
+        &[("SNAPSHOT_RETENTION", "13 months")],
+    );
+    let status = sink.wait(std::time::Duration::from_secs(30)).await;
+    assert!(!status.success());
+    let logs = sink.logs();
+    assert!(
+        logs.contains("SNAPSHOT_RETENTION") || logs.contains("--snapshot-retention"),
+        "{logs}"
+    );
+}
