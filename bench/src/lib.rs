@@ -21,6 +21,7 @@ use schema_registry_converter::async_impl::schema_registry::{post_schema, SrSett
 use schema_registry_converter::avro_common::get_supplied_schema;
 use schemas::TrendingVideo;
 use secrecy::SecretString;
+use sink_connector::history::{Month, Partitions};
 use sink_connector::write::Writer;
 
 pub fn env_usize(name: &str, default: usize) -> usize {
@@ -32,6 +33,9 @@ pub fn env_usize(name: &str, default: usize) -> usize {
 
 /// Realistic records: 200 videos per chart, polls every 30 min, 4 regions, texts of hundreds
 /// of bytes. Each (region, poll, video) once, so every record is one snapshot row.
+/// `fetched_at` of the first poll of [`records`] (2025-11-24), in seconds.
+const FIRST_FETCHED_AT: i64 = 1_764_000_000;
+
 pub fn records(n: usize) -> Vec<TrendingVideo> {
     let regions = ["FR", "US", "JP", "DE"];
     (0..n)
@@ -40,7 +44,7 @@ pub fn records(n: usize) -> Vec<TrendingVideo> {
             let region = regions[(i / 200) % 4];
             let rank = (i % 200) as i32 + 1;
             let at = Utc
-                .timestamp_opt(1_764_000_000 + poll as i64 * 1800, 0)
+                .timestamp_opt(FIRST_FETCHED_AT + poll as i64 * 1800, 0)
                 .unwrap();
             let mut v = schemas::sample(
                 &format!("{region}{:09}", (i % 200) + poll % 50 * 7),
@@ -425,6 +429,15 @@ pub async fn fresh_database(stack: &Stack) -> anyhow::Result<TestDatabase> {
     )?;
     let mut client = writer.client().await?;
     sink_connector::migrate::run(&mut client).await?;
+    // The history's partitions, from the first record's month to next month: the contenders
+    // that write without the sink (the raw methods, the peer, the expected tables) need them,
+    // and the sink would create them in its first batches, in its measured time.
+    let mut months = vec![Month::of(Utc.timestamp_opt(FIRST_FETCHED_AT, 0).unwrap())];
+    let last = Month::of(Utc::now()).next();
+    while months[months.len() - 1] < last {
+        months.push(months[months.len() - 1].next());
+    }
+    Partitions::default().ensure(&mut client, months).await?;
     Ok(db)
 }
 

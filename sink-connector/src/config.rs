@@ -103,12 +103,12 @@ pub struct Config {
     #[arg(long, env = "SINK_CHART_GRACE", default_value = "30m", value_parser = parse_duration)]
     pub chart_grace: Duration,
 
-    /// How long the chart history (`video_snapshots`, `charts`) is kept, e.g. `30d` or `400d`;
-    /// `0` keeps it forever. It is dropped a whole UTC month at a time, once the month's last
-    /// instant is older than this (checked at start and every hour), with the `videos` rows no
-    /// chart has shown since; records older than that are not written (a replay does not bring
-    /// them back). YouTube's developer policies limit how long data fetched with an API key may
-    /// be stored: see the README, "Running for months".
+    /// How long the chart history is kept, e.g. `30d` or `400d`; `0` keeps it forever. At start
+    /// and every hour, the snapshots and charts older than this are deleted (whole months by
+    /// dropping their partition), with the `videos` rows no chart has shown since; records older
+    /// than this are not written, so a replay does not bring them back. YouTube's developer
+    /// policies limit how long data fetched with an API key may be stored: see the README,
+    /// "Running for months".
     #[arg(long, env = "SNAPSHOT_RETENTION", default_value = "0", value_parser = Retention::parse)]
     pub snapshot_retention: Retention,
 

@@ -168,35 +168,42 @@ impl PartitionsCreated<'_> {
     }
 }
 
-/// A month of chart history dropped: it is older than SNAPSHOT_RETENTION.
+/// A month of chart history dropped whole: all of it is older than SNAPSHOT_RETENTION.
 pub struct PartitionDropped {
     pub month: crate::history::Month,
     pub partition: String,
     pub snapshots: u64,
-    pub charts: u64,
     pub retention: crate::history::Retention,
 }
 
 impl PartitionDropped {
     pub fn emit(&self) {
         tracing::info!(month = %self.month, partition = %self.partition,
-            snapshots = self.snapshots, charts = self.charts, retention = %self.retention,
+            snapshots = self.snapshots, retention = %self.retention,
             "Chart history: month older than SNAPSHOT_RETENTION dropped");
         counter!("sink_snapshot_partitions_dropped_total").increment(1);
-        counter!("sink_snapshots_dropped_total").increment(self.snapshots);
+        counter!("sink_snapshots_expired_total").increment(self.snapshots);
     }
 }
 
-/// Videos no chart has shown since the history's horizon, deleted from `videos`.
-pub struct VideosExpired {
-    pub videos: u64,
+/// Rows older than the SNAPSHOT_RETENTION horizon deleted one by one: the snapshots of the
+/// month the horizon falls in, the charts, the videos no chart has shown since.
+pub struct HistoryExpired {
     pub horizon: chrono::DateTime<chrono::Utc>,
+    pub snapshots: u64,
+    pub charts: u64,
+    pub videos: u64,
 }
 
-impl VideosExpired {
+impl HistoryExpired {
     pub fn emit(&self) {
-        tracing::info!(videos = self.videos, last_fetched_before = %self.horizon,
-            "Chart history: videos not fetched since the SNAPSHOT_RETENTION horizon deleted");
+        if self.snapshots + self.charts + self.videos > 0 {
+            tracing::info!(older_than = %self.horizon, snapshots = self.snapshots,
+                charts = self.charts, videos = self.videos,
+                "Chart history: rows older than SNAPSHOT_RETENTION deleted");
+        }
+        counter!("sink_snapshots_expired_total").increment(self.snapshots);
+        counter!("sink_charts_expired_total").increment(self.charts);
         counter!("sink_videos_expired_total").increment(self.videos);
     }
 }

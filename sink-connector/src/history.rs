@@ -4,13 +4,14 @@
 //! - The writer creates a month's partition before the first batch that needs it, and the sink
 //!   creates this month's and next month's ahead of time, at start and every hour, so that the
 //!   write path rarely does it.
-//! - With `SNAPSHOT_RETENTION` a month expires once its last instant is older than the
-//!   retention (the history before the [`Retention::horizon`] is expired): its partition is
-//!   dropped whole (no row-by-row delete, no bloat), in one transaction with its rows of
-//!   `charts` (whose `videos_written` counts snapshots stored) and the rows of `videos` last
-//!   fetched before the horizon (videos no chart has shown since). Records older than the
-//!   horizon are not written at all, so a replay from an old offset does not bring expired
-//!   data back.
+//! - With `SNAPSHOT_RETENTION` the history older than `now - retention` (the
+//!   [`Retention::horizon`]) is deleted at each round, in one transaction: the partitions of the
+//!   months wholly before the horizon are dropped (no row-by-row delete, no bloat, however large
+//!   they are), the rest row by row: the older part of the month the horizon falls in (an
+//!   hour's worth of polls per round), the charts before it (`videos_written` counts snapshots
+//!   stored) and the `videos` rows last fetched before it (videos no chart has shown since).
+//!   Records older than the horizon are not written at all, so a replay from an old offset
+//!   does not bring expired data back.
 //!
 //! Creating and dropping partitions is serialised between instances by an advisory lock, and
 //! waits at most [`LOCK_TIMEOUT`] for the table lock: dropping a partition locks the whole table,
@@ -24,7 +25,7 @@ use std::time::Duration;
 use chrono::{DateTime, Datelike, Months, NaiveDate, NaiveTime, Utc};
 use tokio_postgres::Client;
 
-use crate::events::{PartitionDropped, PartitionsCreated, VideosExpired};
+use crate::events::{HistoryExpired, PartitionDropped, PartitionsCreated};
 
 /// How often the sink creates partitions ahead and drops expired ones.
 pub const ROUND_EVERY: Duration = Duration::from_secs(3600);
@@ -100,15 +101,14 @@ impl Retention {
         Ok(Retention((!d.is_zero()).then_some(d)))
     }
 
-    /// The first instant of the history kept at `now`: the start of the month holding
-    /// `now - retention`. Every month before it has its last instant older than the retention.
-    /// None when the history is kept forever.
+    /// The first instant of the history kept at `now` (`now - retention`); None when the
+    /// history is kept forever.
     pub fn horizon(self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
         let keep = chrono::Duration::from_std(self.0?).ok()?;
-        Some(Month::of(now.checked_sub_signed(keep)?).start())
+        now.checked_sub_signed(keep)
     }
 
-    /// Whether `month` is past the retention at `now`.
+    /// Whether all of `month` is past the retention at `now` (its partition can be dropped).
     pub fn expired(self, month: Month, now: DateTime<Utc>) -> bool {
         self.horizon(now).is_some_and(|h| month.end() <= h)
     }
@@ -180,8 +180,9 @@ impl Partitions {
         self.known.lock().expect("partitions lock").clear();
     }
 
-    /// Drops the partitions of the months expired at `now`, each with its rows of `charts`,
-    /// and the videos last fetched before the horizon, in one transaction; returns the months
+    /// Deletes the history older than the horizon at `now`, in one transaction: the partitions
+    /// of the months wholly before it dropped, then the rows before it deleted (snapshots of the
+    /// month it falls in, charts, and videos last fetched before it); returns the months
     /// dropped.
     pub async fn drop_expired(
         &self,
@@ -207,23 +208,33 @@ impl Partitions {
                 .await?
                 .get(0);
             tx.batch_execute(&format!("DROP TABLE \"{name}\"")).await?;
-            let charts = tx
-                .execute(
-                    "DELETE FROM charts WHERE fetched_at >= $1 AND fetched_at < $2",
-                    &[&m.start(), &m.end()],
-                )
-                .await?;
             dropped.push(PartitionDropped {
                 month: *m,
                 partition: name,
                 snapshots: snapshots as u64,
-                charts,
                 retention,
             });
         }
-        let videos = tx
-            .execute("DELETE FROM videos WHERE last_fetched_at < $1", &[&horizon])
-            .await?;
+        // The rest, row by row: the part of the month the horizon falls in (partition pruning
+        // keeps the DELETE to it), the charts, the videos.
+        let mut rows = HistoryExpired {
+            horizon,
+            snapshots: 0,
+            charts: 0,
+            videos: 0,
+        };
+        for (count, table, column) in [
+            (&mut rows.snapshots, "video_snapshots", "fetched_at"),
+            (&mut rows.charts, "charts", "fetched_at"),
+            (&mut rows.videos, "videos", "last_fetched_at"),
+        ] {
+            *count = tx
+                .execute(
+                    &format!("DELETE FROM {table} WHERE {column} < $1"),
+                    &[&horizon],
+                )
+                .await?;
+        }
         tx.commit().await?;
         let mut known = self.known.lock().expect("partitions lock");
         for m in &expired {
@@ -233,9 +244,7 @@ impl Partitions {
         for d in &dropped {
             d.emit();
         }
-        if videos > 0 {
-            VideosExpired { videos, horizon }.emit();
-        }
+        rows.emit();
         Ok(expired)
     }
 
@@ -321,9 +330,11 @@ mod tests {
         assert!(keep.expired(october, utc(2026, 12, 1, 0)));
         assert!(!keep.expired(Month::of(utc(2026, 11, 1, 0)), utc(2026, 12, 15, 0)));
         assert!(!Retention::FOREVER.expired(october, utc(2126, 1, 1, 0)));
-        // Records before the horizon are expired, whole months at a time.
-        assert_eq!(keep.horizon(utc(2026, 11, 30, 23)), Some(utc(2026, 10, 1, 0)));
-        assert_eq!(keep.horizon(utc(2026, 12, 1, 0)), Some(utc(2026, 11, 1, 0)));
+        // Records before the horizon are expired, to the second.
+        assert_eq!(
+            keep.horizon(utc(2026, 11, 30, 23)),
+            Some(utc(2026, 10, 31, 23))
+        );
         assert_eq!(Retention::FOREVER.horizon(utc(2026, 12, 1, 0)), None);
     }
 

@@ -380,7 +380,7 @@ impl Sink {
         // Older than the retention keeps: not written, so a replay does not bring it back.
         let horizon = self.retention.horizon(Utc::now());
         let decoded = good.len();
-        good.retain(|v| !horizon.is_some_and(|h| v.fetched_at < h));
+        good.retain(|v| horizon.is_none_or(|h| v.fetched_at >= h));
         let expired = decoded - good.len();
         let deduped = batch::dedup(&good);
         let started = Instant::now();

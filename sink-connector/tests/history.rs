@@ -1,6 +1,7 @@
-//! The chart history kept a month at a time: each snapshot lands in its UTC month's partition,
-//! SNAPSHOT_RETENTION drops whole expired months (with their charts and the videos no chart has
-//! shown since), and replaying the topic does not bring them back.
+//! The chart history partitioned by month: each snapshot lands in its UTC month's partition;
+//! SNAPSHOT_RETENTION deletes what is older than it (whole months by dropping their partition,
+//! the rest row by row, with the charts and the videos no chart has shown since), and replaying
+//! the topic does not bring it back.
 
 mod common;
 
@@ -47,7 +48,12 @@ async fn each_snapshot_lands_in_the_partition_of_its_month() {
     let mut videos = chart("FR", 4, last_second_of_october, 10);
     videos.extend(chart("FR", 3, first_second_of_november, 20));
     videos.extend(chart("US", 2, long_ago, 30));
-    let ends = produce_raw(&producer(&stack), &topic, encode(&stack, &topic, &videos).await).await;
+    let ends = produce_raw(
+        &producer(&stack),
+        &topic,
+        encode(&stack, &topic, &videos).await,
+    )
+    .await;
     let sink = Sink::spawn(&stack, &db, &topic, &group, &[]);
     wait_committed(&stack, &topic, &group, 3, &ends, &sink).await;
 
@@ -97,7 +103,7 @@ async fn each_snapshot_lands_in_the_partition_of_its_month() {
 }
 
 #[tokio::test]
-async fn retention_drops_whole_expired_months_and_a_replay_does_not_bring_them_back() {
+async fn retention_deletes_the_older_history_and_a_replay_does_not_bring_it_back() {
     let stack = Stack::from_env().unwrap();
     let topic = stack.create_topic(3).await.unwrap();
     let db = stack.create_database().await.unwrap();
@@ -108,14 +114,20 @@ async fn retention_drops_whole_expired_months_and_a_replay_does_not_bring_them_b
     let m3 = month_before(m2);
     let m4 = month_before(m3);
     let day = |m: Month, d: i64| m.start() + Duration::days(d);
-    // DE only in an expired month; FR in an expired and a kept one; US only in kept ones, one
-    // chart of it older than the retention but in the month the retention ends in.
+    // DE only in an expired month; FR in an expired and a kept one; US in the month the
+    // retention ends in (a chart before its end, one after) and in this month.
     let mut videos = chart("DE", 5, day(m4, 1), 100);
     videos.extend(chart("FR", 5, day(m3, 1), 200));
     videos.extend(chart("FR", 5, day(m1, 1), 300));
     videos.extend(chart("US", 5, day(m2, 1), 400));
+    videos.extend(chart("US", 5, day(m2, 20), 450));
     videos.extend(chart("US", 5, day(m0, 0), 500));
-    let ends = produce_raw(&producer(&stack), &topic, encode(&stack, &topic, &videos).await).await;
+    let ends = produce_raw(
+        &producer(&stack),
+        &topic,
+        encode(&stack, &topic, &videos).await,
+    )
+    .await;
 
     // 1. Kept forever (the default): everything stored.
     let group = unique("sink-");
@@ -124,10 +136,10 @@ async fn retention_drops_whole_expired_months_and_a_replay_does_not_bring_them_b
     sink.stop().await;
     let all_snapshots = stored_snapshots(&db).await;
     let all_videos = stored_videos(&db).await;
-    assert_eq!((all_snapshots.len(), all_videos.len()), (25, 15));
+    assert_eq!((all_snapshots.len(), all_videos.len()), (30, 15));
 
-    // 2. A retention ending ten days into m2: m4 and m3 have expired, m2 is kept whole
-    //    (its chart older than the retention included).
+    // 2. A retention ending ten days into m2: m4 and m3 are dropped whole, m2's partition
+    //    stays with the chart after the horizon, the chart before it deleted.
     let retention = (now - day(m2, 10)).num_seconds();
     let retention = format!("{retention}s");
     let sink = Sink::spawn(
@@ -139,20 +151,24 @@ async fn retention_drops_whole_expired_months_and_a_replay_does_not_bring_them_b
     );
     let addr = sink.http_addr().await;
     wait_metric(&addr, "sink_snapshot_partitions_dropped_total", 2.0).await;
-    wait_metric(&addr, "sink_snapshots_dropped_total", 10.0).await;
+    wait_metric(&addr, "sink_snapshots_expired_total", 15.0).await;
+    wait_metric(&addr, "sink_charts_expired_total", 3.0).await;
     wait_metric(&addr, "sink_videos_expired_total", 5.0).await;
     let kept: BTreeSet<String> = [m2, m1, m0, m0.next()]
         .iter()
         .map(|m| m.partition())
         .collect();
     assert_eq!(partitions(&db).await, kept, "exactly m4 and m3 dropped");
-    let expired_at = |at_ms: i64| at_ms < m2.start().timestamp_millis();
+    let expired_at = |at_ms: i64| at_ms < day(m2, 10).timestamp_millis();
     let expected_snapshots: HashMap<_, _> = all_snapshots
         .iter()
         .filter(|((_, at, _), _)| !expired_at(*at))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     assert_eq!(expected_snapshots.len(), 15);
+    assert!(expected_snapshots
+        .keys()
+        .all(|(_, at, _)| *at >= day(m2, 20).timestamp_millis()));
     assert_eq!(stored_snapshots(&db).await, expected_snapshots);
     let expected_videos: HashMap<_, _> = all_videos
         .iter()
@@ -178,16 +194,22 @@ async fn retention_drops_whole_expired_months_and_a_replay_does_not_bring_them_b
     assert_eq!(
         charts,
         [
-            ("US".to_string(), day(m2, 1), 5),
+            ("US".to_string(), day(m2, 20), 5),
             ("FR".to_string(), day(m1, 1), 5),
             ("US".to_string(), day(m0, 0), 5),
         ]
     );
     let logs = sink.logs();
+    assert!(
+        logs.contains("rows older than SNAPSHOT_RETENTION deleted"),
+        "the row deletes are logged:\n{logs}"
+    );
     for m in [m4, m3] {
         assert!(
-            logs.lines().any(|l| l.contains("month older than SNAPSHOT_RETENTION dropped")
-                && l.contains(&m.partition())),
+            logs.lines().any(
+                |l| l.contains("month older than SNAPSHOT_RETENTION dropped")
+                    && l.contains(&m.partition())
+            ),
             "the drop of {} is logged:\n{logs}",
             m.partition()
         );
@@ -207,7 +229,7 @@ async fn retention_drops_whole_expired_months_and_a_replay_does_not_bring_them_b
     );
     wait_committed(&stack, &topic, &replay, 3, &ends, &sink).await;
     let addr = sink.http_addr().await;
-    wait_metric(&addr, "sink_records_expired_total", 10.0).await;
+    wait_metric(&addr, "sink_records_expired_total", 15.0).await;
     wait_metric(&addr, "sink_records_written_total", 15.0).await;
     assert_eq!(partitions(&db).await, kept, "no expired month recreated");
     assert_eq!(

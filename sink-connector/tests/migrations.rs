@@ -155,11 +155,16 @@ async fn partitioning_moves_the_stored_history_into_monthly_partitions() {
                     view_count, like_count, comment_count, favorite_count)::text
                 FROM video_snapshots ORDER BY fetched_at";
     let stored = |rows: Vec<tokio_postgres::Row>| -> (Vec<String>, Vec<String>) {
-        rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, String>(1))).unzip()
+        rows.iter()
+            .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
+            .unzip()
     };
     let (tables, before) = stored(client.query(rows, &[]).await.unwrap());
     assert_eq!(tables, ["video_snapshots"; 3]);
-    assert!(before[1].ends_with(",a,1,10,,3,0)"), "values and nulls as stored: {before:?}");
+    assert!(
+        before[1].ends_with(",a,1,10,,3,0)"),
+        "values and nulls as stored: {before:?}"
+    );
 
     assert_eq!(
         sink_connector::migrate::run(&mut client).await.unwrap(),
