@@ -33,7 +33,7 @@ fn both_prometheus_configs_are_valid() {
 #[test]
 fn alert_rules_are_valid_and_each_has_a_summary_and_a_description() {
     let out = promtool(&["check", "rules", "alerts.yml"]);
-    assert!(out.contains("SUCCESS: 9 rules found"), "{out}");
+    assert!(out.contains("SUCCESS: 10 rules found"), "{out}");
     let rules = std::fs::read_to_string(prometheus_dir().join("alerts.yml")).unwrap();
     let alerts = rules.matches("- alert:").count();
     assert_eq!(rules.matches("summary:").count(), alerts);
