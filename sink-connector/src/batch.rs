@@ -24,7 +24,7 @@ impl Deduped<'_> {
     }
 }
 
-pub fn dedup(records: &[TrendingVideo]) -> Deduped<'_> {
+pub fn dedup<'a>(records: impl IntoIterator<Item = &'a TrendingVideo>) -> Deduped<'a> {
     let mut videos: HashMap<&str, (&TrendingVideo, DateTime<Utc>)> = HashMap::new();
     let mut snapshots: HashMap<(&str, DateTime<Utc>, &str), &TrendingVideo> = HashMap::new();
     for r in records {

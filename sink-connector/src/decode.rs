@@ -176,6 +176,14 @@ impl Decoder {
         } else {
             TrendingVideo::from_avro(decoded)?
         };
+        if video.fetched_at.timestamp_millis() < 0 {
+            // Avro's timestamp counts from 1970: before it is a corrupt or hand-made value, and
+            // its month's partition could not be named.
+            return Err(DecodeError::Invalid(schemas::RecordError::Invalid {
+                field: "fetched_at",
+                reason: format!("{} is before 1970", video.fetched_at.to_rfc3339()),
+            }));
+        }
         if video.fetched_at > latest {
             return Err(DecodeError::Invalid(schemas::RecordError::Invalid {
                 field: "fetched_at",

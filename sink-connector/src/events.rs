@@ -214,6 +214,11 @@ pub struct HistoryRoundFailed<'a> {
 }
 
 impl HistoryRoundFailed<'_> {
+    /// The counter at 0 from the start: a first failure then shows as an increase.
+    pub fn register() {
+        counter!("sink_history_round_errors_total").increment(0);
+    }
+
     pub fn emit(&self) {
         tracing::warn!(error = %self.error, every_s = crate::history::ROUND_EVERY.as_secs(),
             "Chart history: could not create or drop partitions; trying again at the next round");

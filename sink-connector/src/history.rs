@@ -5,18 +5,18 @@
 //!   creates this month's and next month's ahead of time, at start and every hour, so that the
 //!   write path rarely does it.
 //! - With `SNAPSHOT_RETENTION` the history older than `now - retention` (the
-//!   [`Retention::horizon`]) is deleted at each round, in one transaction: the partitions of the
-//!   months wholly before the horizon are dropped (no row-by-row delete, no bloat, however large
-//!   they are), the rest row by row: the older part of the month the horizon falls in (an
-//!   hour's worth of polls per round), the charts before it (`videos_written` counts snapshots
-//!   stored) and the `videos` rows last fetched before it (videos no chart has shown since).
-//!   Records older than the horizon are not written at all, so a replay from an old offset
-//!   does not bring expired data back.
+//!   [`Retention::horizon`]) is deleted at each round: first the partitions of the months wholly
+//!   before the horizon are dropped, in one short transaction (no row-by-row delete, no bloat,
+//!   however large they are); then, in short transactions that lock rows only, the charts
+//!   before it with their snapshots (the older part of the month the horizon falls in: an
+//!   hour's polls a round once caught up), and the `videos` rows last fetched before it (videos
+//!   no chart has shown since). Records older than the horizon are not written at all, so a
+//!   replay from an old offset does not bring expired data back.
 //!
 //! Creating and dropping partitions is serialised between instances by an advisory lock, and
-//! waits at most [`LOCK_TIMEOUT`] for the table lock: dropping a partition locks the whole table,
-//! and a queued lock would stall every reader and writer behind a long query. A drop that times
-//! out is tried again at the next hourly round.
+//! waits at most [`LOCK_TIMEOUT`] for its locks: dropping a partition locks the whole table,
+//! and a queued lock would stall every reader and writer behind a long query. A round that
+//! times out is tried again an hour later.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -180,19 +180,28 @@ impl Partitions {
         self.known.lock().expect("partitions lock").clear();
     }
 
-    /// Deletes the history older than the horizon at `now`, in one transaction: the partitions
-    /// of the months wholly before it dropped, then the rows before it deleted (snapshots of the
-    /// month it falls in, charts, and videos last fetched before it); returns the months
-    /// dropped.
+    /// Creates this month's and next month's partitions, ahead of the records.
+    pub async fn ensure_ahead(
+        &self,
+        client: &mut Client,
+        now: DateTime<Utc>,
+    ) -> Result<(), tokio_postgres::Error> {
+        let this = Month::of(now);
+        self.ensure(client, [this, this.next()]).await
+    }
+
+    /// Drops the partitions of the months wholly before the horizon at `now`, in one short
+    /// transaction (dropping a partition locks the whole table until it commits); returns the
+    /// months dropped.
     pub async fn drop_expired(
         &self,
         client: &mut Client,
         retention: Retention,
         now: DateTime<Utc>,
     ) -> Result<Vec<Month>, tokio_postgres::Error> {
-        let Some(horizon) = retention.horizon(now) else {
+        if retention.horizon(now).is_none() {
             return Ok(Vec::new());
-        };
+        }
         let tx = client.transaction().await?;
         lock(&tx).await?;
         let expired: Vec<Month> = attached(&tx)
@@ -201,13 +210,13 @@ impl Partitions {
             .filter(|m| retention.expired(*m, now))
             .collect();
         let mut dropped = Vec::new();
+        // Counted first: the table is locked from the first DROP to the commit.
         for m in &expired {
             let name = m.partition();
             let snapshots: i64 = tx
                 .query_one(&format!("SELECT count(*) FROM \"{name}\""), &[])
                 .await?
                 .get(0);
-            tx.batch_execute(&format!("DROP TABLE \"{name}\"")).await?;
             dropped.push(PartitionDropped {
                 month: *m,
                 partition: name,
@@ -215,24 +224,8 @@ impl Partitions {
                 retention,
             });
         }
-        // The rest, row by row: the part of the month the horizon falls in (partition pruning
-        // keeps the DELETE to it), the charts, the videos.
-        let mut rows = HistoryExpired {
-            horizon,
-            snapshots: 0,
-            charts: 0,
-            videos: 0,
-        };
-        for (count, table, column) in [
-            (&mut rows.snapshots, "video_snapshots", "fetched_at"),
-            (&mut rows.charts, "charts", "fetched_at"),
-            (&mut rows.videos, "videos", "last_fetched_at"),
-        ] {
-            *count = tx
-                .execute(
-                    &format!("DELETE FROM {table} WHERE {column} < $1"),
-                    &[&horizon],
-                )
+        for d in &dropped {
+            tx.batch_execute(&format!("DROP TABLE \"{}\"", d.partition))
                 .await?;
         }
         tx.commit().await?;
@@ -244,29 +237,97 @@ impl Partitions {
         for d in &dropped {
             d.emit();
         }
-        rows.emit();
         Ok(expired)
     }
 
-    /// One round: this month's and next month's partitions created, expired ones dropped.
+    /// One round: partitions created ahead, expired months dropped, then the rest of the
+    /// history before the horizon deleted row by row.
     pub async fn round(
         &self,
         client: &mut Client,
         retention: Retention,
         now: DateTime<Utc>,
     ) -> Result<(), tokio_postgres::Error> {
-        let this = Month::of(now);
-        self.ensure(client, [this, this.next()]).await?;
+        self.ensure_ahead(client, now).await?;
         self.drop_expired(client, retention, now).await?;
+        if let Some(horizon) = retention.horizon(now) {
+            delete_before(client, horizon).await?;
+        }
         Ok(())
     }
+}
+
+/// Charts deleted per transaction, with their snapshots (about 200 each), by the row-by-row part
+/// of the retention.
+const CHARTS_PER_DELETE: i64 = 100;
+
+/// Videos deleted per transaction.
+const VIDEOS_PER_DELETE: i64 = 10_000;
+
+/// Deletes, in short transactions that lock rows only, the charts before `horizon` with their
+/// snapshots (by the snapshots' key: the part of a month left after its partition's drop, or
+/// every month when the partitions were made by hand), then the videos last fetched before it.
+async fn delete_before(
+    client: &mut Client,
+    horizon: DateTime<Utc>,
+) -> Result<(), tokio_postgres::Error> {
+    let mut expired = HistoryExpired {
+        horizon,
+        snapshots: 0,
+        charts: 0,
+        videos: 0,
+    };
+    let charts = client
+        .prepare(
+            "WITH c AS (
+                DELETE FROM charts WHERE (region_code, fetched_at) IN (
+                    SELECT region_code, fetched_at FROM charts WHERE fetched_at < $1
+                    ORDER BY fetched_at LIMIT $2)
+                RETURNING region_code, fetched_at
+            ), s AS (
+                DELETE FROM video_snapshots v USING c
+                WHERE v.region_code = c.region_code AND v.fetched_at = c.fetched_at
+                    AND v.fetched_at < $1
+                RETURNING 1
+            )
+            SELECT (SELECT count(*) FROM c), (SELECT count(*) FROM s)",
+        )
+        .await?;
+    loop {
+        let row = client
+            .query_one(&charts, &[&horizon, &CHARTS_PER_DELETE])
+            .await?;
+        let (c, s): (i64, i64) = (row.get(0), row.get(1));
+        expired.charts += c as u64;
+        expired.snapshots += s as u64;
+        if c < CHARTS_PER_DELETE {
+            break;
+        }
+    }
+    let videos = client
+        .prepare(
+            "DELETE FROM videos WHERE video_id IN (
+                SELECT video_id FROM videos WHERE last_fetched_at < $1 LIMIT $2)",
+        )
+        .await?;
+    loop {
+        let n = client
+            .execute(&videos, &[&horizon, &VIDEOS_PER_DELETE])
+            .await?;
+        expired.videos += n;
+        if n < VIDEOS_PER_DELETE as u64 {
+            break;
+        }
+    }
+    expired.emit();
+    Ok(())
 }
 
 /// Serialises partition changes between instances, and bounds the wait for the table's lock.
 async fn lock(tx: &tokio_postgres::Transaction<'_>) -> Result<(), tokio_postgres::Error> {
     tx.batch_execute(&format!(
-        "SELECT pg_advisory_xact_lock({PARTITION_LOCK_KEY});
-         SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"
+        "SET LOCAL lock_timeout = '{LOCK_TIMEOUT}';
+         SELECT pg_advisory_xact_lock({PARTITION_LOCK_KEY})"
     ))
     .await
 }

@@ -99,7 +99,7 @@ pub async fn run(
                     migrate::run(&mut *writer.client().await?).await?;
                 }
                 writer.ping().await?;
-                writer.keep_history(config.snapshot_retention).await?;
+                writer.prepare_history().await?;
                 anyhow::Ok(())
             };
             match started.await {
@@ -258,12 +258,13 @@ async fn watch_charts(writer: Writer, grace: std::time::Duration) {
     }
 }
 
-/// Creates the history's partitions ahead and drops expired months, every
-/// [`history::ROUND_EVERY`] (the first round ran at start).
+/// Creates the history's partitions ahead and deletes what is older than the retention, at
+/// once and then every [`history::ROUND_EVERY`]; alongside the batches, so that a round that
+/// fails (a lock not granted in time) never holds the sink up.
 async fn keep_history(writer: Writer, retention: Retention) {
+    HistoryRoundFailed::register();
     let mut tick = tokio::time::interval(history::ROUND_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
     loop {
         tick.tick().await;
         if let Err(e) = writer.keep_history(retention).await {
@@ -374,24 +375,32 @@ impl Sink {
     async fn finish(&self, prepared: Prepared) -> anyhow::Result<()> {
         let Prepared {
             batch,
-            mut good,
+            good,
             poison,
         } = prepared;
-        // Older than the retention keeps: not written, so a replay does not bring it back.
-        let horizon = self.retention.horizon(Utc::now());
-        let decoded = good.len();
-        good.retain(|v| horizon.is_none_or(|h| v.fetched_at >= h));
-        let expired = decoded - good.len();
-        let deduped = batch::dedup(&good);
         let started = Instant::now();
-        let written = self
+        let (written, expired, deduplicated) = self
             .retry(
                 "postgres",
                 |e: &write::WriteError| e.kind(),
                 || async {
+                    // Records older than the retention keeps, at this attempt (a retry may come
+                    // after a round deleted more): not written, so that neither a replay nor a
+                    // late retry brings deleted history back.
+                    let horizon = self.retention.horizon(Utc::now());
+                    let kept: Vec<&TrendingVideo> = good
+                        .iter()
+                        .filter(|v| horizon.is_none_or(|h| v.fetched_at >= h))
+                        .collect();
+                    let deduped = batch::dedup(kept.iter().copied());
                     match self.writer.write(&deduped).await {
+                        Ok(written) => Ok(Ok((
+                            written,
+                            good.len() - kept.len(),
+                            deduped.duplicates(kept.len()),
+                        ))),
                         Err(e) if !e.is_retriable() => Ok(Err(e)),
-                        other => other.map(Ok),
+                        Err(e) => Err(e),
                     }
                 },
             )
@@ -426,7 +435,7 @@ impl Sink {
         let now = Utc::now();
         BatchWritten {
             records: batch.len(),
-            deduplicated: deduped.duplicates(good.len()),
+            deduplicated,
             dead_lettered: poison.len(),
             expired,
             written,

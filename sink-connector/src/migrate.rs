@@ -17,7 +17,7 @@ const MIGRATION_LOCK_KEY: i64 = 0x7974_7472_656e_6431; // "yttrend1"
 
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
-    #[error("taking the migration lock: {0}")]
+    #[error("taking the migration lock or setting up its session: {0}")]
     Lock(#[source] tokio_postgres::Error),
     #[error("applying migrations: {0}")]
     Apply(#[source] refinery::Error),
@@ -38,15 +38,23 @@ pub async fn run_to(
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
         .await
         .map_err(MigrateError::Lock)?;
-    let result = embedded::migrations::runner()
-        .set_target(target)
-        .run_async(client)
-        .await;
-    // Released even when migrating failed; the session ending would release it too.
+    // A migration that moves data (V3 copies the whole history) may run longer than the
+    // pool's statement_timeout (SINK_WRITE_TIMEOUT): none while migrating.
+    let result = match client.batch_execute("SET statement_timeout = 0").await {
+        Ok(()) => embedded::migrations::runner()
+            .set_target(target)
+            .run_async(client)
+            .await
+            .map_err(MigrateError::Apply),
+        Err(e) => Err(MigrateError::Lock(e)),
+    };
+    // Released even when migrating failed; the session ending would release it too. The
+    // connection goes back to the pool with its own statement_timeout.
+    let _ = client.batch_execute("RESET statement_timeout").await;
     let _ = client
         .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY])
         .await;
-    let report = result.map_err(MigrateError::Apply)?;
+    let report = result?;
     let applied: Vec<i32> = report
         .applied_migrations()
         .iter()

@@ -248,8 +248,10 @@ impl From<tokio_postgres::Error> for WriteError {
             // A record's month has no partition: dropped by another instance meanwhile.
             Some(c)
                 if *c == SqlState::CHECK_VIOLATION
-                    && e.as_db_error()
-                        .is_some_and(|db| db.message().starts_with("no partition of relation")) =>
+                    && e.as_db_error().is_some_and(|db| {
+                        db.message().starts_with("no partition of relation")
+                            || (db.table() == Some("video_snapshots") && db.constraint().is_none())
+                    }) =>
             {
                 ("no_partition", true)
             }
@@ -511,7 +513,17 @@ impl Writer {
         Ok(Written { videos, snapshots })
     }
 
-    /// One round of the history's upkeep: partitions created ahead, expired months dropped.
+    /// This month's and next month's partitions of the history, created if missing.
+    pub async fn prepare_history(&self) -> Result<(), WriteError> {
+        let mut client = self.client().await?;
+        Ok(self
+            .partitions
+            .ensure_ahead(&mut client, chrono::Utc::now())
+            .await?)
+    }
+
+    /// One round of the history's upkeep: partitions created ahead, the history older than the
+    /// retention deleted.
     pub async fn keep_history(&self, retention: Retention) -> Result<(), WriteError> {
         let mut client = self.client().await?;
         let now = chrono::Utc::now();

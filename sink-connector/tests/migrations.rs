@@ -218,3 +218,43 @@ async fn partitioning_moves_the_stored_history_into_monthly_partitions() {
         .get(0);
     assert_eq!(leftovers, 0, "the old table and its indexes are gone");
 }
+
+/// The sink migrates on its pool's connections, whose statement_timeout is SINK_WRITE_TIMEOUT;
+/// migration 3 copies the whole history in one statement, which may take longer.
+#[tokio::test]
+async fn a_long_migration_is_not_cut_short_by_the_sessions_statement_timeout() {
+    let stack = Stack::from_env().unwrap();
+    let db = stack.create_database().await.unwrap();
+    let mut client = connect(&db.url).await;
+    sink_connector::migrate::run_to(&mut client, refinery::Target::Version(2))
+        .await
+        .unwrap();
+    client
+        .batch_execute(
+            "INSERT INTO video_snapshots (region_code, fetched_at, video_id, rank)
+             SELECT 'FR', '2026-11-01 00:00:00+00'::timestamptz + (i / 200) * interval '1 min',
+                    'v' || (i % 200), i % 200 + 1
+             FROM generate_series(0, 299999) i",
+        )
+        .await
+        .unwrap();
+    // As the pool's connections: the timeout set at connection start.
+    let mut config: tokio_postgres::Config = db.url.parse().unwrap();
+    config.options("-c statement_timeout=50");
+    let (mut client, conn) = config.connect(NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let applied = sink_connector::migrate::run(&mut client).await;
+    assert_eq!(applied.unwrap(), vec![3]);
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM video_snapshots", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 300_000);
+    let timeout: String = client
+        .query_one("SHOW statement_timeout", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(timeout, "50ms", "the connection's own timeout is back");
+}

@@ -186,6 +186,12 @@ pub fn cases(id: u32, other_id: u32, recursive_id: u32, fetched_ms: i64) -> Vec<
             dlq("fetched_at two days in the future", key, value, "invalid")
         },
         {
+            let (key, value) = changed("E16B", &|v| {
+                v.fetched_at = Utc.with_ymd_and_hms(1969, 12, 31, 23, 0, 0).unwrap()
+            });
+            dlq("fetched_at before 1970", key, value, "invalid")
+        },
+        {
             let (key, value) = changed("E17", &|v| v.region_code = "fr".into());
             dlq("lower-case region code", key, value, "invalid")
         },
