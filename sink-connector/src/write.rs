@@ -78,8 +78,9 @@ WHERE videos.video_id = u.video_id AND u.first_seen_at < videos.first_seen_at"
 
 /// Upserts the snapshots of `snapshots` (a FROM item named `s` with the columns of
 /// `video_snapshots`) and, in the same statement, adds to each chart's `videos_written` the
-/// snapshots it inserted; `chart_sizes` (a FROM item named `c`: region_code, fetched_at,
-/// chart_size) gives each chart's size. Returns the snapshots written.
+/// snapshots it inserted; `rows` is an expression of how many rows `snapshots` has, and
+/// `chart_sizes` (a FROM item named `c`: region_code, fetched_at, chart_size) gives each
+/// chart's size. Returns the snapshots written.
 ///
 /// Inserted and rewritten rows are told apart by two steps rather than one upsert (a
 /// partitioned table cannot return `xmax`): new rows are inserted, and the rows stored before
@@ -89,7 +90,7 @@ WHERE videos.video_id = u.video_id AND u.first_seen_at < videos.first_seen_at"
 /// gives the same values). The charts' rows are locked in key
 /// order, so two instances writing parts of one chart add up in turn and never wait for each
 /// other in a cycle; a size learnt from newer records is kept.
-pub fn upsert_snapshots_and_charts(snapshots: &str, chart_sizes: &str) -> String {
+pub fn upsert_snapshots_and_charts(snapshots: &str, rows: &str, chart_sizes: &str) -> String {
     format!(
         "
 WITH inserted AS (
@@ -108,7 +109,7 @@ WITH inserted AS (
     WHERE v.region_code = s.region_code AND v.fetched_at = s.fetched_at
         AND v.video_id = s.video_id
         -- Evaluated once: when every row was new (no replay), nothing is looked up again.
-        AND (SELECT count(*) FROM inserted) < (SELECT count(*) FROM {snapshots})
+        AND (SELECT count(*) FROM inserted) < {rows}
     RETURNING 1
 ), charts_counted AS (
     INSERT INTO charts (region_code, fetched_at, chart_size, videos_written)
@@ -153,6 +154,7 @@ static UPSERT_SNAPSHOTS_AND_CHARTS: LazyLock<String> = LazyLock::new(|| {
         $7::int8[], $8::int8[])
       AS s(region_code, fetched_at, video_id, rank, view_count, like_count, comment_count,
         favorite_count)",
+        "cardinality($1::text[])",
         "UNNEST($9::text[], $10::timestamptz[], $11::int4[]) AS c(region_code, fetched_at, chart_size)",
     )
 });

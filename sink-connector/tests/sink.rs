@@ -336,20 +336,22 @@ async fn a_write_refused_for_good_stops_the_sink_and_commits_nothing_past_it() {
     let group = unique("sink-");
     let db = stack.create_database().await.unwrap();
     let mut sink = Sink::spawn(&stack, &db, &topic, &group, &[]);
-    sink.http_addr().await;
-    let c = connect(&db).await;
+    let addr = sink.http_addr().await;
+    // Once ready, its migrations are all applied: a constraint added earlier could land on a
+    // table a later migration replaces.
     let deadline = tokio::time::Instant::now() + WAIT;
-    while c
+    while reqwest_status(&addr, "/readyz").await != 200 {
+        assert!(tokio::time::Instant::now() < deadline, "{}", sink.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    connect(&db)
+        .await
         .execute(
             "ALTER TABLE video_snapshots ADD CONSTRAINT rank_one CHECK (rank = 1)",
             &[],
         )
         .await
-        .is_err()
-    {
-        assert!(tokio::time::Instant::now() < deadline, "{}", sink.logs());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        .unwrap();
     let p = producer(&stack);
     produce_raw(
         &p,

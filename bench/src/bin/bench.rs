@@ -18,10 +18,15 @@
 //!    producer's send to the commit that makes its row visible (a deferred trigger notes
 //!    `clock_timestamp()` at commit in a side table of the benchmark's own database);
 //! 5. source: CPU seconds and peak RSS of the source binary polling 4 regions x 200 videos from
-//!    the API stand-in, from start to the last record published.
+//!    the API stand-in, from start to the last record published;
+//! 6. retention: a history of the three months before this one (`BENCH_RETENTION_PER_MONTH`
+//!    snapshots each, charts of 200), SNAPSHOT_RETENTION ending in the middle of the newest:
+//!    the time to drop the two older months' partitions, then to delete half a month by chart
+//!    (the round the sink runs), checked to leave exactly the rows after the horizon.
 //!
 //! Settings: `BENCH_RECORDS` (1,000,000), `BENCH_BATCH` (5000), `BENCH_LATENCY_RATE` (records/s,
-//! 2000), `BENCH_LATENCY_SECS` (60). End offsets come from the producer's delivery reports.
+//! 2000), `BENCH_LATENCY_SECS` (60), `BENCH_RETENTION_PER_MONTH` (500,000). End offsets come from
+//! the producer's delivery reports.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -39,6 +44,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use schemas::TrendingVideo;
 use secrecy::SecretString;
 use serde_json::json;
+use sink_connector::history::{Month, Partitions, Retention};
 use sink_connector::write::Writer;
 
 /// Step 1: The raw limit: rows/s.
@@ -101,6 +107,7 @@ async fn raw_limit_copy(
     let snapshots = client
         .prepare(&upsert_snapshots_and_charts(
             "staging_snapshots AS s",
+            "(SELECT count(*) FROM staging_snapshots)",
             "(SELECT region_code, fetched_at, max(chart_size) AS chart_size
                 FROM staging_snapshots GROUP BY region_code, fetched_at) AS c",
         ))
@@ -445,6 +452,91 @@ async fn source_poll(stack: &Stack) -> anyhow::Result<SourcePoll> {
     })
 }
 
+/// Step 6: one retention round on three months of history.
+struct RetentionRound {
+    /// Snapshots in the two partitions dropped, and the time to drop them.
+    dropped: i64,
+    drop_secs: f64,
+    /// Snapshots (and their charts) deleted row by row, and the time the round took.
+    deleted: i64,
+    charts_deleted: i64,
+    delete_secs: f64,
+}
+
+async fn retention_round(stack: &Stack, per_month: usize) -> anyhow::Result<RetentionRound> {
+    let db = fresh_database(stack).await?;
+    let mut client = connect(&db.url).await?;
+    let now = Utc::now();
+    let before = |m: Month| Month::of(m.start() - chrono::Duration::days(1));
+    let m1 = before(Month::of(now));
+    let (m2, m3) = (before(m1), before(before(m1)));
+    let charts = (per_month / 200).max(1);
+    for m in [m3, m2, m1] {
+        // Charts of 200 evenly over the month, as polls are.
+        let spacing = (m.end() - m.start()).num_seconds() as f64 / charts as f64;
+        client
+            .execute(
+                "INSERT INTO video_snapshots (region_code, fetched_at, video_id, rank, view_count)
+                 SELECT 'FR', $1::timestamptz + (i / 200) * make_interval(secs => $2::float8),
+                        'v' || (i % 200),
+                        i % 200 + 1, i
+                 FROM generate_series(0, $3::int8 - 1) i",
+                &[&m.start(), &spacing, &((charts * 200) as i64)],
+            )
+            .await?;
+    }
+    client
+        .batch_execute(
+            "INSERT INTO charts (region_code, fetched_at, chart_size, videos_written)
+             SELECT region_code, fetched_at, 200, count(*) FROM video_snapshots GROUP BY 1, 2;
+             ANALYZE video_snapshots; ANALYZE charts;",
+        )
+        .await?;
+    let horizon = m1.start() + chrono::Duration::days(15);
+    let retention = Retention::parse(&format!("{}s", (now - horizon).num_seconds()))
+        .map_err(anyhow::Error::msg)?;
+    // Counted on a connection of their own: the round takes the other.
+    let counter = connect(&db.url).await?;
+    let count = |q: &'static str| {
+        let client = &counter;
+        async move { anyhow::Ok(client.query_one(q, &[&horizon]).await?.get::<_, i64>(0)) }
+    };
+    let kept = count("SELECT count(*) FROM video_snapshots WHERE fetched_at >= $1").await?;
+    let older_in_m1 = count(
+        "SELECT count(*) FROM video_snapshots
+         WHERE fetched_at < $1 AND fetched_at >= $1 - interval '15 days'",
+    )
+    .await?;
+    let charts_before = count("SELECT count(*) FROM charts WHERE fetched_at < $1").await?;
+
+    let partitions = Partitions::default();
+    let started = Instant::now();
+    let dropped_months = partitions.drop_expired(&mut client, retention, now).await?;
+    let drop_secs = started.elapsed().as_secs_f64();
+    ensure!(
+        dropped_months == vec![m3, m2],
+        "the round dropped {dropped_months:?}, not {m3} and {m2}"
+    );
+    let started = Instant::now();
+    partitions.round(&mut client, retention, now).await?;
+    let delete_secs = started.elapsed().as_secs_f64();
+    ensure!(
+        count("SELECT count(*) FROM video_snapshots WHERE fetched_at < $1").await? == 0
+            && count("SELECT count(*) FROM charts WHERE fetched_at < $1").await? == 0,
+        "history older than the horizon left after the round"
+    );
+    let left =
+        count("SELECT count(*) FROM video_snapshots WHERE $1::timestamptz IS NOT NULL").await?;
+    ensure!(left == kept, "{left} snapshots left, {kept} expected");
+    Ok(RetentionRound {
+        dropped: 2 * (charts * 200) as i64,
+        drop_secs,
+        deleted: older_in_m1,
+        charts_deleted: charts_before,
+        delete_secs,
+    })
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let n = env_usize("BENCH_RECORDS", 1_000_000);
@@ -500,6 +592,13 @@ async fn main() -> anyhow::Result<()> {
     }
     let lat = latency(&stack, rate, latency_secs).await?;
     let src = source_poll(&stack).await?;
+    let per_month = env_usize("BENCH_RETENTION_PER_MONTH", 500_000);
+    let kept = retention_round(&stack, per_month).await?;
+    eprintln!(
+        "bench: retention: dropped 2 months ({} snapshots) in {:.2} s; deleted {} snapshots of \
+         {} charts row by row in {:.1} s",
+        kept.dropped, kept.drop_secs, kept.deleted, kept.charts_deleted, kept.delete_secs
+    );
     let ratio = main.rows_per_sec / raw_rps;
 
     let mut report = Report::default();
@@ -607,6 +706,20 @@ async fn main() -> anyhow::Result<()> {
             ("source_poll_seconds", json!(src.secs)),
             ("source_cpu_seconds", json!(src.usage.total_cpu())),
             ("source_peak_rss_bytes", json!(src.usage.max_rss())),
+        ],
+    );
+    report.row(
+        "retention: drop 2 months (snapshots; s); then delete by chart (snapshots; charts; s)",
+        format!(
+            "{}; {:.2}; then {}; {}; {:.1}",
+            kept.dropped, kept.drop_secs, kept.deleted, kept.charts_deleted, kept.delete_secs
+        ),
+        &[
+            ("retention_dropped_snapshots", json!(kept.dropped)),
+            ("retention_drop_seconds", json!(kept.drop_secs)),
+            ("retention_deleted_snapshots", json!(kept.deleted)),
+            ("retention_deleted_charts", json!(kept.charts_deleted)),
+            ("retention_delete_seconds", json!(kept.delete_secs)),
         ],
     );
     let duration = begun.elapsed().as_secs_f64();
