@@ -154,6 +154,11 @@ pub enum Command {
     ResetOffsets(crate::replay::ResetArgs),
     /// Show the group's state, members, committed offsets, end offsets and lag.
     DescribeGroup,
+    /// The dead-letter topic: list the dead letters, or produce chosen ones back to their
+    /// topic once what made them poison is fixed, e.g.
+    /// `sink-connector dlq replay --reason unknown_schema --execute`.
+    #[command(subcommand)]
+    Dlq(crate::redrive::DlqCommand),
 }
 
 /// Kafka Connect's `errors.tolerance`.

@@ -17,6 +17,7 @@ pub mod dlq;
 pub mod events;
 pub mod history;
 pub mod migrate;
+pub mod redrive;
 pub mod replay;
 pub mod tls;
 pub mod write;

@@ -2,6 +2,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use sink_connector::config::{Command, Config};
+use sink_connector::redrive::DlqCommand;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -20,6 +21,16 @@ async fn main() -> ExitCode {
             Command::DescribeGroup => {
                 sink_connector::replay::describe(&config.kafka, &config.group_id, &config.topic)
             }
+            Command::Dlq(DlqCommand::List(args)) => {
+                sink_connector::redrive::list(&config.kafka, &config.dlq_topic(), args)
+            }
+            Command::Dlq(DlqCommand::Replay(args)) => sink_connector::redrive::replay(
+                &config.kafka,
+                &config.dlq_topic(),
+                &config.topic,
+                &config.group_id,
+                args,
+            ),
         };
         return match result {
             Ok(table) => {

@@ -11,33 +11,6 @@ use common::*;
 use plumbing::testing::{unique, Stack};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-/// Runs `sink-connector --topic T --group-id G <args>`; returns (exit code, stdout, stderr).
-async fn tool(stack: &Stack, topic: &str, group: &str, args: &[&str]) -> (i32, String, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_sink-connector"))
-        .env_clear()
-        .env("KAFKA_BOOTSTRAP_SERVERS", &stack.kafka_bootstrap)
-        .args(["--topic", topic, "--group-id", group])
-        .args(args)
-        .output()
-        .await
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
-}
-
-/// Runs the tool and requires it to succeed; returns what it printed.
-async fn tool_ok(stack: &Stack, topic: &str, group: &str, args: &[&str]) -> String {
-    let (code, out, err) = tool(stack, topic, group, args).await;
-    assert_eq!(
-        code, 0,
-        "sink-connector {args:?} exited {code}: {err}\n{out}"
-    );
-    out
-}
-
 /// `describe-group` as a user reads it: the group's state, its member count, and per partition
 /// (committed offset, end, lag).
 struct Described {

@@ -1,0 +1,394 @@
+//! The way back from the dead-letter topic: `dlq list` shows the dead letters, `dlq replay`
+//! produces chosen ones back to the topic they came from, once what made them poison is fixed
+//! (a registry restored, a subject added to SINK_SCHEMA_SUBJECTS).
+//!
+//! A replay is exactly once: the records are produced in one Kafka transaction together with
+//! the replay group's offsets on the dead-letter topic (`send_offsets_to_transaction`), so a run
+//! that fails or is killed replays nothing and moves nothing, and the next run starts where the
+//! last successful one ended. The group's position moves past every dead letter examined,
+//! replayed or left out by the filters: the dry run (the default) says how many it would pass
+//! over, and `--replay-group` names another group to look at them again.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use chrono::{DateTime, TimeZone, Utc};
+use clap::{Args, Subcommand};
+use plumbing::kafka::KafkaArgs;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, OwnedMessage};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+use crate::dlq::{KEY_DROPPED_HEADER, VALUE_DROPPED_HEADER};
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long reading may go without a record before the end of the topic is given up on.
+const STALL: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum DlqCommand {
+    /// List the dead letters: partition, offset, time, reason, key and error message.
+    List(ListArgs),
+    /// Produce chosen dead letters back to the topic they came from (dry run unless
+    /// --execute), exactly once: each is replayed by one run of its replay group at most.
+    Replay(ReplayArgs),
+}
+
+/// Which dead letters.
+#[derive(Debug, Clone, Args)]
+pub struct Filter {
+    /// Only these reasons (comma-separated), as in `sink_records_dead_lettered_total`:
+    /// unknown_schema, avro, invalid, not_wire_format, ...
+    #[arg(long, value_delimiter = ',')]
+    pub reason: Vec<String>,
+    /// Only dead letters written at or after this time (RFC 3339).
+    #[arg(long)]
+    pub since: Option<DateTime<Utc>>,
+    /// Only dead letters written before this time (RFC 3339).
+    #[arg(long)]
+    pub until: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub filter: Filter,
+    /// A JSON array instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    pub filter: Filter,
+    /// Produce the records. Without it, only show what would be replayed (dry run).
+    #[arg(long)]
+    pub execute: bool,
+    /// Consumer group keeping the replay's position on the dead-letter topic (also its
+    /// transactional id); default `<KAFKA_GROUP_ID>.dlq-replay`.
+    #[arg(long)]
+    pub replay_group: Option<String>,
+}
+
+/// One dead letter, as the sink wrote it (see [`crate::dlq`]).
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub partition: i32,
+    pub offset: i64,
+    /// When it was dead-lettered.
+    pub time: Option<DateTime<Utc>>,
+    pub reason: String,
+    pub message: String,
+    /// Where the original record was.
+    pub topic: Option<String>,
+    pub original_partition: Option<i32>,
+    pub original_offset: Option<i64>,
+    /// The original key, as text (bytes that are not UTF-8 replaced).
+    pub key: Option<String>,
+    pub key_bytes: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    /// The key or the value was too large to be copied into the dead letter.
+    pub trimmed: bool,
+}
+
+impl DeadLetter {
+    fn of(m: &OwnedMessage) -> DeadLetter {
+        let header = |name: &str| -> Option<String> {
+            let headers = m.headers()?;
+            headers
+                .iter()
+                .find(|h| h.key == name)
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        };
+        let class = header("__connect.errors.exception.class.name").unwrap_or_default();
+        DeadLetter {
+            partition: m.partition(),
+            offset: m.offset(),
+            time: m
+                .timestamp()
+                .to_millis()
+                .and_then(|ms| Utc.timestamp_millis_opt(ms).single()),
+            reason: class.rsplit("::").next().unwrap_or_default().to_string(),
+            message: header("__connect.errors.exception.message").unwrap_or_default(),
+            topic: header("__connect.errors.topic"),
+            original_partition: header("__connect.errors.partition").and_then(|p| p.parse().ok()),
+            original_offset: header("__connect.errors.offset").and_then(|o| o.parse().ok()),
+            key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+            key_bytes: m.key().map(<[u8]>::to_vec),
+            value: m.payload().map(<[u8]>::to_vec),
+            trimmed: header(KEY_DROPPED_HEADER).is_some() || header(VALUE_DROPPED_HEADER).is_some(),
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "partition": self.partition,
+            "offset": self.offset,
+            "time": self.time,
+            "reason": self.reason,
+            "message": self.message,
+            "topic": self.topic,
+            "original_partition": self.original_partition,
+            "original_offset": self.original_offset,
+            "key": self.key,
+            "trimmed": self.trimmed,
+        })
+    }
+
+    fn chosen(&self, f: &Filter) -> bool {
+        (f.reason.is_empty() || f.reason.contains(&self.reason))
+            && f.since.is_none_or(|s| self.time.is_some_and(|t| t >= s))
+            && f.until.is_none_or(|u| self.time.is_some_and(|t| t < u))
+    }
+}
+
+/// Reads `topic` from `group`'s committed offsets (from the start without a group, or where it
+/// never committed) to the end offsets of when it started; returns the records and those ends.
+fn read(
+    kafka: &KafkaArgs,
+    topic: &str,
+    group: Option<&str>,
+) -> anyhow::Result<(BaseConsumer, Vec<DeadLetter>, TopicPartitionList)> {
+    let listing = format!("dlq-list-{}", std::process::id());
+    let consumer: BaseConsumer = kafka
+        .client_config(&[
+            ("group.id", group.unwrap_or(&listing)),
+            ("enable.auto.commit", "false"),
+            ("isolation.level", "read_committed"),
+        ])?
+        .create()
+        .map_err(plumbing::kafka::config_error)?;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), TIMEOUT)
+        .context("reading the dead-letter topic's metadata (is KAFKA_BOOTSTRAP_SERVERS right?)")?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
+        bail!(
+            "the dead-letter topic {topic} does not exist (SINK_DLQ_TOPIC, or <KAFKA_TOPIC>.dlq)"
+        );
+    }
+    let mut committed = BTreeMap::new();
+    if group.is_some() {
+        let mut ask = TopicPartitionList::new();
+        for p in &partitions {
+            ask.add_partition(topic, *p);
+        }
+        for e in consumer.committed_offsets(ask, TIMEOUT)?.elements() {
+            if let Offset::Offset(o) = e.offset() {
+                committed.insert(e.partition(), o);
+            }
+        }
+    }
+    let (mut assign, mut ends) = (TopicPartitionList::new(), TopicPartitionList::new());
+    let mut remaining = BTreeMap::new();
+    for p in partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, p, TIMEOUT)?;
+        let start = committed.get(&p).copied().unwrap_or(low).clamp(low, high);
+        ends.add_partition_offset(topic, p, Offset::Offset(high))?;
+        if start < high {
+            assign.add_partition_offset(topic, p, Offset::Offset(start))?;
+            remaining.insert(p, high);
+        }
+    }
+    consumer.assign(&assign)?;
+    let mut letters = Vec::new();
+    let mut last_progress = Instant::now();
+    while !remaining.is_empty() {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                last_progress = Instant::now();
+                let m = m.detach();
+                if remaining
+                    .get(&m.partition())
+                    .is_some_and(|end| m.offset() < *end)
+                {
+                    letters.push(DeadLetter::of(&m));
+                }
+                if remaining
+                    .get(&m.partition())
+                    .is_some_and(|end| m.offset() + 1 >= *end)
+                {
+                    remaining.remove(&m.partition());
+                }
+            }
+            Some(Err(e)) => return Err(e).context("reading the dead-letter topic"),
+            None => {
+                // Transaction markers and compacted records take offsets without a record.
+                for (p, end) in remaining.clone() {
+                    let position = consumer
+                        .position()?
+                        .find_partition(topic, p)
+                        .map(|e| e.offset());
+                    if let Some(Offset::Offset(o)) = position {
+                        if o >= end {
+                            remaining.remove(&p);
+                        }
+                    }
+                }
+                if last_progress.elapsed() > STALL {
+                    bail!(
+                        "no record of {topic} for {}s while partitions {:?} were not read to their end",
+                        STALL.as_secs(),
+                        remaining.keys().collect::<Vec<_>>()
+                    );
+                }
+            }
+        }
+    }
+    letters.sort_by_key(|l| (l.partition, l.offset));
+    Ok((consumer, letters, ends))
+}
+
+/// `dlq list`: the dead letters the filter chooses, as a table or JSON.
+pub fn list(kafka: &KafkaArgs, dlq_topic: &str, args: &ListArgs) -> anyhow::Result<String> {
+    let (_, letters, _) = read(kafka, dlq_topic, None)?;
+    let chosen: Vec<&DeadLetter> = letters.iter().filter(|l| l.chosen(&args.filter)).collect();
+    if args.json {
+        let all: Vec<serde_json::Value> = chosen.iter().map(|l| l.json()).collect();
+        return Ok(serde_json::to_string_pretty(&all)? + "\n");
+    }
+    let mut out = String::new();
+    writeln!(
+        out,
+        "{:>9}  {:>8}  {:<24}  {:<16}  {:<16}  MESSAGE",
+        "PARTITION", "OFFSET", "TIME", "REASON", "KEY"
+    )?;
+    for l in &chosen {
+        let key: String = l.key.as_deref().unwrap_or("-").chars().take(16).collect();
+        let message: String = l.message.chars().take(120).collect();
+        writeln!(
+            out,
+            "{:>9}  {:>8}  {:<24}  {:<16}  {:<16}  {}",
+            l.partition,
+            l.offset,
+            l.time.map_or("-".into(), |t| t.to_rfc3339()),
+            l.reason,
+            key,
+            message
+        )?;
+    }
+    writeln!(
+        out,
+        "{} of {} dead letters in {dlq_topic}",
+        chosen.len(),
+        letters.len()
+    )?;
+    Ok(out)
+}
+
+/// `dlq replay`: the plan, and with `--execute` the records produced back in one transaction
+/// with the replay group's new position.
+pub fn replay(
+    kafka: &KafkaArgs,
+    dlq_topic: &str,
+    source_topic: &str,
+    sink_group: &str,
+    args: &ReplayArgs,
+) -> anyhow::Result<String> {
+    let group = args
+        .replay_group
+        .clone()
+        .unwrap_or_else(|| format!("{sink_group}.dlq-replay"));
+    let (consumer, letters, ends) = read(kafka, dlq_topic, Some(&group))?;
+    let (chosen, passed_over): (Vec<&DeadLetter>, Vec<&DeadLetter>) =
+        letters.iter().partition(|l| l.chosen(&args.filter));
+    let (replayable, trimmed): (Vec<&DeadLetter>, Vec<&DeadLetter>) =
+        chosen.iter().partition(|l| !l.trimmed && l.value.is_some());
+    let mut by_reason: BTreeMap<&str, usize> = BTreeMap::new();
+    for l in &replayable {
+        *by_reason.entry(&l.reason).or_default() += 1;
+    }
+    let mut out = String::new();
+    writeln!(
+        out,
+        "{} dead letters not yet examined by replay group {group} in {dlq_topic}",
+        letters.len()
+    )?;
+    for (reason, n) in &by_reason {
+        writeln!(out, "  replay {n:>6}  {reason}")?;
+    }
+    writeln!(
+        out,
+        "  passed over {:>6}  (not chosen by --reason/--since/--until)",
+        passed_over.len()
+    )?;
+    writeln!(
+        out,
+        "  cannot replay {:>4}  (key or value too large to be copied: read the original at the \
+         partition and offset its headers name)",
+        trimmed.len()
+    )?;
+    if !args.execute {
+        writeln!(
+            out,
+            "dry run: nothing produced. Add --execute to produce {} records back and move the \
+             group past all {} examined.",
+            replayable.len(),
+            letters.len()
+        )?;
+        return Ok(out);
+    }
+    let producer: BaseProducer = kafka
+        .client_config(&[
+            ("transactional.id", group.as_str()),
+            ("enable.idempotence", "true"),
+        ])?
+        .create()
+        .map_err(plumbing::kafka::config_error)?;
+    producer
+        .init_transactions(TIMEOUT)
+        .context("starting the replay's transaction (another replay of this group running?)")?;
+    producer.begin_transaction()?;
+    let produced = (|| -> anyhow::Result<()> {
+        for l in &replayable {
+            let topic = l.topic.as_deref().unwrap_or(source_topic);
+            let mut record = BaseRecord::<[u8], [u8]>::to(topic);
+            if let Some(k) = &l.key_bytes {
+                record = record.key(k);
+            }
+            if let Some(v) = &l.value {
+                record = record.payload(v);
+            }
+            let mut record = record;
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((e, r))
+                        if e.rdkafka_error_code()
+                            == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) =>
+                    {
+                        producer.poll(Duration::from_millis(100));
+                        record = r;
+                    }
+                    Err((e, _)) => return Err(e).context("producing a replayed record"),
+                }
+            }
+        }
+        let metadata = consumer
+            .group_metadata()
+            .context("the replay group's metadata")?;
+        producer.send_offsets_to_transaction(&ends, &metadata, TIMEOUT)?;
+        producer.commit_transaction(Duration::from_secs(60))?;
+        Ok(())
+    })();
+    if let Err(e) = produced {
+        let _ = producer.abort_transaction(TIMEOUT);
+        return Err(e.context("the replay was rolled back: nothing replayed, the group not moved"));
+    }
+    writeln!(
+        out,
+        "replayed {} records; replay group {group} is at the end of {dlq_topic}",
+        replayable.len()
+    )?;
+    Ok(out)
+}
