@@ -52,29 +52,92 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(secs))
 }
 
-/// Runs `f` until it succeeds, sleeping a backoff between attempts. Before each sleep
-/// `on_failure(error, attempt, delay)` is called (attempt counts from 1) so the caller logs,
-/// counts and reports readiness: no retry is silent. Callers that must give up on a permanent
-/// error return it inside `Ok` (e.g. `Result<Result<T, E>, E>`).
-pub async fn retry_until_ok<T, E, F, Fut>(
+/// An error a retry loop can judge: tried again while retriable, given up on otherwise.
+pub trait Retriable: std::fmt::Display {
+    /// Whether waiting and trying again can help (a dependency away), or not (a refused
+    /// schema, a fenced producer, a write the database rejects).
+    fn is_retriable(&self) -> bool;
+}
+
+/// A step whose every failure is transient (creating topics, reading a state topic): it has no
+/// error worth giving up on.
+impl Retriable for anyhow::Error {
+    fn is_retriable(&self) -> bool {
+        true
+    }
+}
+
+/// The broker's errors, as the connectors meet them (a broker away, a rebalance, a producer
+/// to renew): retried. The permanent ones they know of (a fenced transactional producer) are
+/// their own error types.
+impl Retriable for rdkafka::error::KafkaError {
+    fn is_retriable(&self) -> bool {
+        true
+    }
+}
+
+/// Runs `f` until it succeeds, or fails with an error that is not retriable (returned),
+/// sleeping a backoff between attempts. Before each sleep `on_failure(error, attempt, delay)`
+/// is called (attempt counts from 1) so the caller logs, counts and reports readiness: no retry
+/// is silent.
+pub async fn retry<T, E, F, Fut>(
     backoff: &Backoff,
     mut on_failure: impl FnMut(&E, u32, Duration),
     mut f: F,
-) -> T
+) -> Result<T, E>
 where
+    E: Retriable,
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, E>>,
 {
     let mut attempt = 0;
     loop {
         match f().await {
-            Ok(v) => return v,
+            Ok(v) => return Ok(v),
+            Err(e) if !e.is_retriable() => return Err(e),
             Err(e) => {
                 let delay = backoff.delay(attempt);
                 attempt += 1;
                 on_failure(&e, attempt, delay);
                 tokio::time::sleep(delay).await;
             }
+        }
+    }
+}
+
+/// [`retry`] for a step that has no permanent failure: runs `f` until it succeeds.
+pub async fn retry_until_ok<T, E, F, Fut>(
+    backoff: &Backoff,
+    mut on_failure: impl FnMut(&E, u32, Duration),
+    f: F,
+) -> T
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    /// Every error retried.
+    struct Transient<E>(E);
+    impl<E: std::fmt::Display> std::fmt::Display for Transient<E> {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            self.0.fmt(f)
+        }
+    }
+    impl<E: std::fmt::Display> Retriable for Transient<E> {
+        fn is_retriable(&self) -> bool {
+            true
+        }
+    }
+    let mut f = f;
+    // `retry` gives up on no Transient error: it returns only once `f` succeeded.
+    loop {
+        let attempt = || {
+            let fut = f();
+            async move { fut.await.map_err(Transient) }
+        };
+        let report = |e: &Transient<E>, n, d| on_failure(&e.0, n, d);
+        if let Ok(v) = retry(backoff, report, attempt).await {
+            return v;
         }
     }
 }
@@ -91,6 +154,48 @@ mod tests {
             let d = b.delay(attempt);
             assert!(d >= ceiling / 2 && d <= ceiling, "attempt {attempt}: {d:?}");
         }
+    }
+
+    /// A permanent error ends the loop at once; a retriable one is retried, reported first.
+    #[tokio::test]
+    async fn retry_stops_on_a_permanent_error_and_reports_each_retry() {
+        #[derive(Debug, PartialEq)]
+        struct E(bool);
+        impl std::fmt::Display for E {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "retriable: {}", self.0)
+            }
+        }
+        impl Retriable for E {
+            fn is_retriable(&self) -> bool {
+                self.0
+            }
+        }
+        let b = Backoff::new(Duration::from_millis(10), Duration::from_millis(100));
+        let mut answers = vec![Err(E(true)), Err(E(true)), Err(E(false)), Ok(1)].into_iter();
+        let mut reported = Vec::new();
+        let r = retry(
+            &b,
+            |e: &E, n, _| reported.push((e.0, n)),
+            || {
+                let next = answers.next().unwrap();
+                async move { next }
+            },
+        )
+        .await;
+        assert_eq!(r, Err(E(false)));
+        assert_eq!(reported, [(true, 1), (true, 2)]);
+        let mut answers = vec![Err(anyhow::anyhow!("away")), Ok(2)].into_iter();
+        let r = retry_until_ok(
+            &b,
+            |_: &anyhow::Error, _, _| {},
+            || {
+                let next = answers.next().unwrap();
+                async move { next }
+            },
+        )
+        .await;
+        assert_eq!(r, 2);
     }
 
     #[test]

@@ -56,14 +56,17 @@ pub fn excerpt(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
     format!("{}... [cut: {} more bytes]", &text[..end], text.len() - end).into()
 }
 
+impl plumbing::backoff::Retriable for DecodeError {
+    /// The registry unavailable; every other error is the record's (poison).
+    fn is_retriable(&self) -> bool {
+        matches!(self, DecodeError::RegistryUnavailable(_))
+    }
+}
+
 impl DecodeError {
     /// The error's text, bounded by [`MAX_ERROR_TEXT`]: what dead letters and logs carry.
     pub fn message(&self) -> String {
         excerpt(&self.to_string(), MAX_ERROR_TEXT).into_owned()
-    }
-
-    pub fn is_retriable(&self) -> bool {
-        matches!(self, DecodeError::RegistryUnavailable(_))
     }
 
     /// Bounded label for metrics, and the exception class name of the DLQ headers.
@@ -339,6 +342,7 @@ impl std::io::Read for Body<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use plumbing::backoff::Retriable;
 
     #[test]
     fn error_text_is_cut_on_a_character_boundary_and_says_so() {

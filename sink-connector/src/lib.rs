@@ -28,7 +28,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use chrono::Utc;
-use plumbing::backoff::Backoff;
+use plumbing::backoff::{Backoff, Retriable};
 use plumbing::kafka::{ensure_topics, RenewableProducer, TopicSpec};
 use plumbing::readiness::Readiness;
 use rdkafka::consumer::Consumer;
@@ -94,24 +94,13 @@ pub async fn run(
         // Migrations (unless skipped), a query within the write timeout, then the history's
         // partitions. A TLS handshake refused at start stops the sink: DATABASE_URL's TLS
         // settings do not fit this server, and waiting cannot change that.
-        retry_until_ok(&backoff, &readiness, "postgres", || async {
-            let started = async {
-                if !config.skip_migrations {
-                    migrate::run(&mut *writer.client().await?).await?;
-                }
-                writer.ping().await?;
-                writer.prepare_history().await?;
-                anyhow::Ok(())
-            };
-            match started.await {
-                Err(e)
-                    if e.downcast_ref::<WriteError>()
-                        .is_some_and(WriteError::is_tls) =>
-                {
-                    Ok(Err(e))
-                }
-                started => started.map(Ok),
+        retry_boot(&backoff, &readiness, "postgres", || async {
+            if !config.skip_migrations {
+                migrate::run(&mut *writer.client().await?).await?;
             }
+            writer.ping().await?;
+            writer.prepare_history().await?;
+            Ok::<_, DatabaseStart>(())
         })
         .await?;
         let kafka_config = config.kafka.client_config(&[])?;
@@ -121,14 +110,14 @@ pub async fn run(
             replication: config.kafka.kafka_topic_replication,
             configs: HashMap::new(),
         };
-        retry_until_ok(&backoff, &readiness, "kafka", || {
+        retry_boot(&backoff, &readiness, "kafka", || {
             ensure_topics(&kafka_config, std::slice::from_ref(&dlq_spec))
         })
-        .await;
-        retry_until_ok(&backoff, &readiness, "schema_registry", || {
+        .await?;
+        retry_boot(&backoff, &readiness, "schema_registry", || {
             decoder.check_registry()
         })
-        .await;
+        .await?;
         anyhow::Ok(())
     };
     tokio::select! {
@@ -345,7 +334,7 @@ impl Sink {
     async fn prepare(&self, batch: Vec<OwnedMessage>) -> anyhow::Result<Prepared> {
         let decoded = self
             .retry("schema_registry", |_| "unavailable", || self.decode(&batch))
-            .await;
+            .await?;
         let mut good = Vec::with_capacity(batch.len());
         let mut poison = Vec::new();
         for (i, r) in decoded.into_iter().enumerate() {
@@ -394,15 +383,12 @@ impl Sink {
                         .filter(|v| horizon.is_none_or(|h| v.fetched_at >= h))
                         .collect();
                     let deduped = batch::dedup(kept.iter().copied());
-                    match self.writer.write(&deduped).await {
-                        Ok(written) => Ok(Ok((
-                            written,
-                            good.len() - kept.len(),
-                            deduped.duplicates(kept.len()),
-                        ))),
-                        Err(e) if !e.is_retriable() => Ok(Err(e)),
-                        Err(e) => Err(e),
-                    }
+                    let written = self.writer.write(&deduped).await?;
+                    Ok((
+                        written,
+                        good.len() - kept.len(),
+                        deduped.duplicates(kept.len()),
+                    ))
                 },
             )
             .await
@@ -412,7 +398,7 @@ impl Sink {
             let records: Vec<(&OwnedMessage, &DecodeError)> =
                 poison.iter().map(|(i, e)| (&batch[*i], e)).collect();
             self.retry("kafka", |_| "dead_letter", || self.dlq.send(&records))
-                .await;
+                .await?;
             let mut by_reason = BTreeMap::new();
             for (_, e) in &poison {
                 *by_reason.entry(e.reason()).or_insert(0u64) += 1;
@@ -431,7 +417,7 @@ impl Sink {
                 |_| "commit",
                 || async { consume::commit(&self.consumer, &offsets) },
             )
-            .await;
+            .await?;
         self.lag.committed(&committed);
         let now = Utc::now();
         BatchWritten {
@@ -472,17 +458,17 @@ impl Sink {
         Ok(out)
     }
 
-    /// Runs `f` until it succeeds. While it fails the partitions are paused (no more fetching:
-    /// backpressure) and the dependency is reported not ready; nothing is committed until the
-    /// step succeeds.
+    /// Runs `f` until it succeeds or fails for good. While it fails the partitions are paused
+    /// (no more fetching: backpressure) and the dependency is reported not ready; nothing is
+    /// committed until the step succeeds.
     async fn retry<T, E, F, Fut>(
         &self,
         dependency: &'static str,
         kind: impl Fn(&E) -> &'static str,
         f: F,
-    ) -> T
+    ) -> Result<T, E>
     where
-        E: std::fmt::Display,
+        E: Retriable,
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, E>>,
     {
@@ -502,13 +488,17 @@ impl Sink {
             }
             .emit();
         };
-        let value = plumbing::backoff::retry_until_ok(&self.backoff, on_failure, f).await;
+        let result = plumbing::backoff::retry(&self.backoff, on_failure, f).await;
         if failed {
-            tracing::info!(dependency, "Dependency back");
             self.hold_fetching(false);
         }
-        self.readiness.set_ready(dependency);
-        value
+        if result.is_ok() {
+            if failed {
+                tracing::info!(dependency, "Dependency back");
+            }
+            self.readiness.set_ready(dependency);
+        }
+        result
     }
 
     /// Pauses the partitions while at least one stage is waiting for a dependency.
@@ -528,15 +518,16 @@ impl Sink {
     }
 }
 
-/// Retries a start-up step until it succeeds, reporting `check` not ready meanwhile.
-async fn retry_until_ok<T, E, F, Fut>(
+/// Retries a start-up step until it succeeds or fails for good, reporting `check` not ready
+/// meanwhile.
+async fn retry_boot<T, E, F, Fut>(
     backoff: &Backoff,
     readiness: &Readiness,
     check: &'static str,
     f: F,
-) -> T
+) -> Result<T, E>
 where
-    E: std::fmt::Display,
+    E: Retriable,
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, E>>,
 {
@@ -551,5 +542,22 @@ where
         }
         .emit();
     };
-    plumbing::backoff::retry_until_ok(backoff, on_failure, f).await
+    plumbing::backoff::retry(backoff, on_failure, f).await
+}
+
+/// What can stop the database's start-up step: everything is retried (PostgreSQL starting, a
+/// migration waiting for its lock) but a TLS handshake refused, which says that DATABASE_URL's
+/// TLS settings do not fit this server: waiting cannot change that.
+#[derive(Debug, thiserror::Error)]
+enum DatabaseStart {
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    #[error(transparent)]
+    Migrate(#[from] migrate::MigrateError),
+}
+
+impl Retriable for DatabaseStart {
+    fn is_retriable(&self) -> bool {
+        !matches!(self, DatabaseStart::Write(e) if e.is_tls())
+    }
 }

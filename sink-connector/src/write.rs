@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use plumbing::backoff::Retriable;
 use secrecy::{ExposeSecret, SecretString};
 use tokio_postgres::error::SqlState;
 
@@ -185,16 +186,18 @@ pub enum WriteError {
     },
 }
 
-impl WriteError {
+impl Retriable for WriteError {
     /// A TLS handshake refused is retried while running (a certificate may be replaced under
     /// a running sink); at start it stops the sink (see [`WriteError::is_tls`]).
-    pub fn is_retriable(&self) -> bool {
+    fn is_retriable(&self) -> bool {
         match self {
             WriteError::Pool(_) | WriteError::Timeout(_) | WriteError::Tls(_) => true,
             WriteError::Db { retriable, .. } => *retriable,
         }
     }
+}
 
+impl WriteError {
     /// The TLS handshake failed: at start, DATABASE_URL's TLS settings are wrong for this
     /// server, and retrying cannot help until they change.
     pub fn is_tls(&self) -> bool {

@@ -94,40 +94,26 @@ pub async fn run(
         retry_boot("create_topics", &backoff, &readiness, "kafka", || {
             ensure_topics(&kafka_config, &topics)
         })
-        .await;
-        // A refused schema is permanent: it leaves the retry loop inside `Ok`.
+        .await?;
+        // A refused schema is permanent: the source stops with it.
         let registered = retry_boot(
             "register_schema",
             &backoff,
             &readiness,
             "schema_registry",
-            || async {
-                match Publisher::register(&registry_settings, &config.topic).await {
-                    Err(e) if !e.is_retriable() => Ok(Err(e)),
-                    other => other.map(Ok),
-                }
-            },
+            || Publisher::register(&registry_settings, &config.topic),
         )
         .await?;
         // Fences a source already running with the same transactional id, now rather than at
         // its next poll; being fenced is permanent too.
-        retry_boot(
-            "init_transactions",
-            &backoff,
-            &readiness,
-            "kafka",
-            || async {
-                match transactions.init().await {
-                    Err(e @ TransactionError::Fenced(_)) => Ok(Err(e)),
-                    other => other.map(Ok),
-                }
-            },
-        )
+        retry_boot("init_transactions", &backoff, &readiness, "kafka", || {
+            transactions.init()
+        })
         .await?;
         let last = retry_boot("load_state", &backoff, &readiness, "kafka", || {
             state::load(&config.kafka, &state_topic)
         })
-        .await;
+        .await?;
         anyhow::Ok((registered, last))
     };
     let ((strategy, schema_id), last) = tokio::select! {
@@ -213,16 +199,17 @@ pub async fn run(
     Ok(true)
 }
 
-/// Retries a start-up step until it succeeds, with backoff, reporting `check` not ready.
+/// Retries a start-up step until it succeeds or fails for good, with backoff, reporting
+/// `check` not ready meanwhile.
 async fn retry_boot<T, E, F, Fut>(
     step: &'static str,
     backoff: &Backoff,
     readiness: &Readiness,
     check: &'static str,
     f: F,
-) -> T
+) -> Result<T, E>
 where
-    E: std::fmt::Display,
+    E: plumbing::backoff::Retriable,
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, E>>,
 {
@@ -236,5 +223,5 @@ where
         }
         .emit();
     };
-    plumbing::backoff::retry_until_ok(backoff, on_failure, f).await
+    plumbing::backoff::retry(backoff, on_failure, f).await
 }

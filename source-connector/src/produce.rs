@@ -40,16 +40,18 @@ pub enum ProduceError {
     Transaction(#[from] TransactionError),
 }
 
-impl ProduceError {
+impl plumbing::backoff::Retriable for ProduceError {
     /// Everything but a refused schema or a fenced source may succeed later.
-    pub fn is_retriable(&self) -> bool {
+    fn is_retriable(&self) -> bool {
         !matches!(
             self,
             ProduceError::SchemaRejected { .. }
                 | ProduceError::Transaction(TransactionError::Fenced(_))
         )
     }
+}
 
+impl ProduceError {
     /// Another source took over this one's transactional id: the whole source stops.
     pub fn is_fenced(&self) -> bool {
         matches!(self, ProduceError::Transaction(TransactionError::Fenced(_)))
@@ -166,6 +168,7 @@ impl Publisher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use plumbing::backoff::Retriable;
 
     #[test]
     fn only_a_409_or_422_answer_is_a_rejected_schema() {

@@ -8,6 +8,7 @@
 //! or never (a rejected key or a region without a chart) as its error says; a fenced source
 //! stops altogether.
 
+use plumbing::backoff::Retriable;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

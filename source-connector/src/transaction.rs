@@ -29,6 +29,13 @@ pub enum TransactionError {
     Kafka(String),
 }
 
+impl plumbing::backoff::Retriable for TransactionError {
+    /// Being fenced is for good: another source holds the transactional id.
+    fn is_retriable(&self) -> bool {
+        !matches!(self, TransactionError::Fenced(_))
+    }
+}
+
 /// A transactional producer, created (and its transactions initialised) when first needed and
 /// replaced after a failure it cannot recover from.
 pub struct Transactions {

@@ -5,6 +5,7 @@
 //! errors print the URL with its query, so every error leaving this module is stripped of its
 //! URL, and nothing here formats a URL into a message.
 
+use plumbing::backoff::Retriable;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -151,9 +152,9 @@ pub enum ApiError {
     },
 }
 
-impl ApiError {
+impl plumbing::backoff::Retriable for ApiError {
     /// Transient failures, worth retrying soon: network, timeouts, 5xx, 429, malformed bodies.
-    pub fn is_retriable(&self) -> bool {
+    fn is_retriable(&self) -> bool {
         matches!(
             self,
             ApiError::Network(_)
@@ -162,7 +163,9 @@ impl ApiError {
                 | ApiError::Malformed(_)
         )
     }
+}
 
+impl ApiError {
     /// A short, bounded label for metrics.
     pub fn kind(&self) -> &'static str {
         match self {
