@@ -49,6 +49,42 @@ pub struct ResetArgs {
     pub execute: bool,
 }
 
+/// Where the offsets go, from the one `--to-*` / `--shift-by` option given.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Target {
+    Earliest,
+    Latest,
+    Datetime(DateTime<Utc>),
+    ShiftBy(i64),
+    Offset(i64),
+}
+
+impl ResetArgs {
+    pub fn target(&self) -> anyhow::Result<Target> {
+        Ok(match self {
+            ResetArgs {
+                to_earliest: true, ..
+            } => Target::Earliest,
+            ResetArgs {
+                to_latest: true, ..
+            } => Target::Latest,
+            ResetArgs {
+                to_datetime: Some(at),
+                ..
+            } => Target::Datetime(*at),
+            ResetArgs {
+                shift_by: Some(n), ..
+            } => Target::ShiftBy(*n),
+            ResetArgs {
+                to_offset: Some(o), ..
+            } => Target::Offset(*o),
+            _ => bail!(
+                "say where to: --to-earliest, --to-latest, --to-datetime, --shift-by or --to-offset"
+            ),
+        })
+    }
+}
+
 /// One partition's line of the plan.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionPlan {
@@ -124,7 +160,15 @@ fn committed(
 /// The group's state and members, as the broker reports them.
 pub struct GroupState {
     pub state: String,
-    pub members: Vec<(String, String, String)>,
+    pub members: Vec<Member>,
+}
+
+/// A consumer in the group.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub id: String,
+    pub client_id: String,
+    pub host: String,
 }
 
 fn group_state(c: &BaseConsumer, group: &str) -> anyhow::Result<GroupState> {
@@ -142,12 +186,10 @@ fn group_state(c: &BaseConsumer, group: &str) -> anyhow::Result<GroupState> {
             members: g
                 .members()
                 .iter()
-                .map(|m| {
-                    (
-                        m.id().to_string(),
-                        m.client_id().to_string(),
-                        m.client_host().to_string(),
-                    )
+                .map(|m| Member {
+                    id: m.id().to_string(),
+                    client_id: m.client_id().to_string(),
+                    host: m.client_host().to_string(),
                 })
                 .collect(),
         },
@@ -191,6 +233,7 @@ pub fn plan(
     topic: &str,
     args: &ResetArgs,
 ) -> anyhow::Result<(Vec<PartitionPlan>, GroupState)> {
+    let target = args.target()?;
     let c = consumer(kafka, group)?;
     let partitions = partitions_of(&c, topic, &args.partitions)?;
     let current = committed(&c, topic, &partitions)?;
@@ -200,18 +243,12 @@ pub fn plan(
         let (low, high) = c
             .fetch_watermarks(topic, p, TIMEOUT)
             .with_context(|| format!("reading the watermarks of partition {p}"))?;
-        let wanted = if args.to_earliest {
-            low
-        } else if args.to_latest {
-            high
-        } else if let Some(at) = args.to_datetime {
-            first_offset_at(&c, topic, p, high, at)?
-        } else if let Some(n) = args.shift_by {
-            current.unwrap_or(low).saturating_add(n)
-        } else if let Some(o) = args.to_offset {
-            o
-        } else {
-            unreachable!("clap requires one target")
+        let wanted = match target {
+            Target::Earliest => low,
+            Target::Latest => high,
+            Target::Datetime(at) => first_offset_at(&c, topic, p, high, at)?,
+            Target::ShiftBy(n) => current.unwrap_or(low).saturating_add(n),
+            Target::Offset(o) => o,
         };
         plans.push(PartitionPlan {
             partition: p,
@@ -329,8 +366,12 @@ pub fn describe(kafka: &KafkaArgs, group: &str, topic: &str) -> anyhow::Result<S
         state.state,
         state.members.len()
     );
-    for (id, client, host) in &state.members {
-        let _ = writeln!(out, "  member {id} (client {client}, host {host})");
+    for m in &state.members {
+        let _ = writeln!(
+            out,
+            "  member {} (client {}, host {})",
+            m.id, m.client_id, m.host
+        );
     }
     let _ = writeln!(
         out,
@@ -391,7 +432,14 @@ mod tests {
     fn only_an_empty_group_is_inactive() {
         let g = |state: &str, members: usize| GroupState {
             state: state.into(),
-            members: vec![("m".into(), "c".into(), "h".into()); members],
+            members: vec![
+                Member {
+                    id: "m".into(),
+                    client_id: "c".into(),
+                    host: "h".into(),
+                };
+                members
+            ],
         };
         assert!(is_inactive(&g("Empty", 0)));
         assert!(is_inactive(&g("Dead", 0)));
