@@ -316,6 +316,47 @@ pub fn commit_positions(
     commit(consumer, &offsets)
 }
 
+/// Fetching paused while at least one stage waits for a dependency: each holds a [`Held`]
+/// guard, and the partitions resume when the last guard is dropped (also when the waiting stage
+/// is abandoned at shutdown).
+pub struct PauseGate {
+    consumer: std::sync::Arc<SinkConsumer>,
+    holders: std::sync::Mutex<usize>,
+}
+
+/// Keeps fetching paused while it lives.
+pub struct Held<'a> {
+    gate: &'a PauseGate,
+}
+
+impl PauseGate {
+    pub fn new(consumer: std::sync::Arc<SinkConsumer>) -> Self {
+        PauseGate {
+            consumer,
+            holders: std::sync::Mutex::new(0),
+        }
+    }
+
+    pub fn hold(&self) -> Held<'_> {
+        let mut holders = self.holders.lock().expect("holders lock");
+        *holders += 1;
+        if *holders == 1 {
+            set_paused(&self.consumer, true);
+        }
+        Held { gate: self }
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        let mut holders = self.gate.holders.lock().expect("holders lock");
+        *holders -= 1;
+        if *holders == 0 {
+            set_paused(&self.gate.consumer, false);
+        }
+    }
+}
+
 /// Stops fetching every owned partition (while a dependency is down) or starts again.
 pub fn set_paused(consumer: &SinkConsumer, paused: bool) {
     let mut wanted = consumer.context().paused.lock().expect("pause lock");

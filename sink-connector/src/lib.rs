@@ -65,8 +65,8 @@ struct Sink {
     tolerance: ErrorsTolerance,
     retention: Retention,
     lag: consume::LagReporter,
-    /// Stages waiting for a dependency; fetching is paused while there is one.
-    fetch_holders: std::sync::Mutex<usize>,
+    /// Fetching paused while a stage waits for a dependency.
+    pause: consume::PauseGate,
     /// Where the batch being written stands: [`NOT_WRITING`], [`WRITING`] or [`WRITE_FAILED`] (then the
     /// sink stops: the position must not be committed past a batch that was not written).
     finishing: std::sync::atomic::AtomicU8,
@@ -135,8 +135,10 @@ pub async fn run(
     )
     .context("creating the dead-letter producer")?;
     let chart_writer = writer.clone();
+    let consumer = consume::consumer(&config.kafka, &config.group_id, &config.topic)?;
     let sink = Sink {
-        consumer: consume::consumer(&config.kafka, &config.group_id, &config.topic)?,
+        pause: consume::PauseGate::new(consumer.clone()),
+        consumer,
         decoder,
         writer,
         dlq: DeadLetters::new(producer, dlq_topic),
@@ -145,7 +147,6 @@ pub async fn run(
         tolerance: config.errors_tolerance,
         retention: config.snapshot_retention,
         lag: consume::LagReporter::start(&config.kafka, &config.topic)?,
-        fetch_holders: std::sync::Mutex::new(0),
         finishing: std::sync::atomic::AtomicU8::new(NOT_WRITING),
     };
     let charts_watch = tokio::spawn(watch_charts(chart_writer.clone(), config.chart_grace));
@@ -472,12 +473,9 @@ impl Sink {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, E>>,
     {
-        let mut failed = false;
+        let mut held = None;
         let on_failure = |e: &E, attempt, delay| {
-            if !failed {
-                self.hold_fetching(true);
-                failed = true;
-            }
+            held.get_or_insert_with(|| self.pause.hold());
             self.readiness.set_not_ready(dependency, e.to_string());
             DependencyRetrying {
                 dependency,
@@ -489,9 +487,7 @@ impl Sink {
             .emit();
         };
         let result = plumbing::backoff::retry(&self.backoff, on_failure, f).await;
-        if failed {
-            self.hold_fetching(false);
-        }
+        let failed = held.take().is_some();
         if result.is_ok() {
             if failed {
                 tracing::info!(dependency, "Dependency back");
@@ -499,22 +495,6 @@ impl Sink {
             self.readiness.set_ready(dependency);
         }
         result
-    }
-
-    /// Pauses the partitions while at least one stage is waiting for a dependency.
-    fn hold_fetching(&self, hold: bool) {
-        let mut holders = self.fetch_holders.lock().expect("holders lock");
-        if hold {
-            *holders += 1;
-            if *holders == 1 {
-                consume::set_paused(&self.consumer, true);
-            }
-        } else {
-            *holders -= 1;
-            if *holders == 0 {
-                consume::set_paused(&self.consumer, false);
-            }
-        }
     }
 }
 
