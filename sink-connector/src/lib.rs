@@ -79,78 +79,14 @@ pub async fn run(
     readiness: Readiness,
     shutdown: CancellationToken,
 ) -> anyhow::Result<bool> {
-    let url = config.database_url()?;
-    let writer = Writer::new(&url, config.database_pool_size, config.write_timeout)?;
-    let backoff = Backoff::new(config.retry_initial_backoff, config.retry_max_backoff);
-    let dlq_topic = config.dlq_topic();
-    let decoder = Decoder::new(
-        &config.registry,
-        config.schema_subjects(),
-        config.avro_max_length,
-    )?;
-
-    // Start-up steps wait for their dependency, with backoff, until shutdown.
-    let boot = async {
-        // Migrations (unless skipped), a query within the write timeout, then the history's
-        // partitions. A TLS handshake refused at start stops the sink: DATABASE_URL's TLS
-        // settings do not fit this server, and waiting cannot change that.
-        retry_boot(&backoff, &readiness, "postgres", || async {
-            if !config.skip_migrations {
-                migrate::run(&mut *writer.client().await?).await?;
-            }
-            writer.ping().await?;
-            writer.prepare_history().await?;
-            Ok::<_, DatabaseStart>(())
-        })
-        .await?;
-        let kafka_config = config.kafka.client_config(&[])?;
-        let dlq_spec = TopicSpec {
-            name: &dlq_topic,
-            partitions: 1,
-            replication: config.kafka.kafka_topic_replication,
-            configs: HashMap::new(),
-        };
-        retry_boot(&backoff, &readiness, "kafka", || {
-            ensure_topics(&kafka_config, std::slice::from_ref(&dlq_spec))
-        })
-        .await?;
-        retry_boot(&backoff, &readiness, "schema_registry", || {
-            decoder.check_registry()
-        })
-        .await?;
-        anyhow::Ok(())
-    };
-    tokio::select! {
-        r = boot => r?,
+    let sink = tokio::select! {
+        sink = Sink::start(&config, readiness) => sink?,
         _ = shutdown.cancelled() => return Ok(true),
-    }
-    for check in READINESS_CHECKS {
-        readiness.set_ready(check);
-    }
-
-    let producer = RenewableProducer::new(
-        config
-            .kafka
-            .client_config(&[("enable.idempotence", "true"), ("acks", "all")])?,
-    )
-    .context("creating the dead-letter producer")?;
-    let chart_writer = writer.clone();
-    let consumer = consume::consumer(&config.kafka, &config.group_id, &config.topic)?;
-    let sink = Sink {
-        pause: consume::PauseGate::new(consumer.clone()),
-        consumer,
-        decoder,
-        writer,
-        dlq: DeadLetters::new(producer, dlq_topic),
-        readiness,
-        backoff,
-        tolerance: config.errors_tolerance,
-        retention: config.snapshot_retention,
-        lag: consume::LagReporter::start(&config.kafka, &config.topic)?,
-        finishing: std::sync::atomic::AtomicU8::new(NOT_WRITING),
     };
-    let charts_watch = tokio::spawn(watch_charts(chart_writer.clone(), config.chart_grace));
-    let history_upkeep = tokio::spawn(keep_history(chart_writer, config.snapshot_retention));
+    let watchers = [
+        tokio::spawn(watch_charts(sink.writer.clone(), config.chart_grace)),
+        tokio::spawn(keep_history(sink.writer.clone(), config.snapshot_retention)),
+    ];
     tracing::info!(topic = %config.topic, group = %config.group_id, dlq = sink.dlq.topic(),
         batch_max_records = config.batch_max_records,
         snapshot_retention = %config.snapshot_retention, "Sink connector started");
@@ -161,33 +97,30 @@ pub async fn run(
              \"Running for months\""
         );
     }
+    let result = pipeline(&sink, &config, &shutdown).await;
+    for w in watchers {
+        w.abort();
+    }
+    // Leave the group at once so the partitions move without waiting for the session timeout.
+    sink.consumer.unsubscribe();
+    tracing::info!("Sink connector stopped");
+    result.map(|()| true)
+}
 
-    // Two stages overlap: while one batch is written and committed, the next is collected and
-    // decoded, so the sink's CPU work runs while PostgreSQL works on the previous batch. Batches
-    // still finish (write, dead-letter, commit) one at a time and in order.
+/// Batches until shutdown or a permanent error. Two stages overlap: while one batch is written
+/// and committed, the next is collected and decoded, so the sink's CPU work runs while
+/// PostgreSQL works on the previous batch. Batches still finish (write, dead-letter, commit)
+/// one at a time and in order.
+async fn pipeline(
+    sink: &Sink,
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
     let mut pending: Option<Prepared> = None;
-    let result = loop {
-        let previous = pending.take();
-        if previous.is_some() {
-            sink.finishing.store(WRITING, SeqCst);
-        }
-        let finishing = async {
-            let finished = match previous {
-                Some(p) => sink.finish(p).await,
-                None => Ok(()),
-            };
-            sink.finishing.store(
-                if finished.is_ok() {
-                    NOT_WRITING
-                } else {
-                    WRITE_FAILED
-                },
-                SeqCst,
-            );
-            finished
-        };
+    loop {
+        let finishing = sink.finish_pending(pending.take());
         let preparing = async {
-            let batch = sink.collect(&config).await;
+            let batch = sink.collect(config).await;
             sink.prepare(batch).await
         };
         let mut finishing = std::pin::pin!(futures::future::maybe_done(finishing));
@@ -196,36 +129,35 @@ pub async fn run(
             _ = futures::future::join(finishing.as_mut(), preparing.as_mut()) => {}
             _ = shutdown.cancelled() => {
                 // The batch being collected or decoded is dropped: it was not committed.
-                if let futures::future::MaybeDone::Future(_) = &*finishing {
-                    tracing::info!("Shutdown: finishing the batch in flight");
-                }
-                match tokio::time::timeout(config.shutdown_grace, finishing.as_mut()).await {
-                    Ok(()) => match finishing.as_mut().take_output() {
-                        Some(Err(e)) => break Err(e),
-                        _ => break Ok(true),
-                    },
-                    Err(_) => {
-                        tracing::warn!("Shutdown: batch abandoned, rolled back and not committed; it is redone after restart");
-                        break Ok(true);
-                    }
-                }
+                return finish_in_flight(finishing, config.shutdown_grace).await;
             }
         }
-        if let Some(Err(e)) = finishing.as_mut().take_output() {
-            break Err(e);
+        finishing.as_mut().take_output().transpose()?;
+        pending = preparing.as_mut().take_output().transpose()?;
+    }
+}
+
+/// At shutdown: the batch being written gets `grace` to be written and committed; past it, it
+/// is abandoned (rolled back, not committed: redone after restart).
+async fn finish_in_flight<F>(
+    mut finishing: std::pin::Pin<&mut futures::future::MaybeDone<F>>,
+    grace: std::time::Duration,
+) -> anyhow::Result<()>
+where
+    F: std::future::Future<Output = anyhow::Result<()>>,
+{
+    if let futures::future::MaybeDone::Future(_) = &*finishing {
+        tracing::info!("Shutdown: finishing the batch in flight");
+    }
+    match tokio::time::timeout(grace, finishing.as_mut()).await {
+        Ok(()) => finishing.take_output().unwrap_or(Ok(())),
+        Err(_) => {
+            tracing::warn!(
+                "Shutdown: batch abandoned, rolled back and not committed; it is redone after restart"
+            );
+            Ok(())
         }
-        match preparing.as_mut().take_output() {
-            Some(Ok(p)) => pending = Some(p),
-            Some(Err(e)) => break Err(e),
-            None => unreachable!("both stages are done"),
-        }
-    };
-    charts_watch.abort();
-    history_upkeep.abort();
-    // Leave the group at once so the partitions move without waiting for the session timeout.
-    sink.consumer.unsubscribe();
-    tracing::info!("Sink connector stopped");
-    result
+    }
 }
 
 /// Reports the charts still missing videos past `grace`, every `grace` (at most every minute).
@@ -273,6 +205,88 @@ struct Prepared {
 }
 
 impl Sink {
+    /// Waits for each dependency in turn (with backoff, reporting readiness), then builds the
+    /// sink's stages. A TLS handshake PostgreSQL refuses stops it here: DATABASE_URL's TLS
+    /// settings do not fit this server, and waiting cannot change that.
+    async fn start(config: &Config, readiness: Readiness) -> anyhow::Result<Sink> {
+        let url = config.database_url()?;
+        let writer = Writer::new(&url, config.database_pool_size, config.write_timeout)?;
+        let backoff = Backoff::new(config.retry_initial_backoff, config.retry_max_backoff);
+        let dlq_topic = config.dlq_topic();
+        let decoder = Decoder::new(
+            &config.registry,
+            config.schema_subjects(),
+            config.avro_max_length,
+        )?;
+        // Migrations (unless skipped), a query within the write timeout, then the history's
+        // partitions.
+        retry_boot(&backoff, &readiness, "postgres", || async {
+            if !config.skip_migrations {
+                migrate::run(&mut *writer.client().await?).await?;
+            }
+            writer.ping().await?;
+            writer.prepare_history().await?;
+            Ok::<_, DatabaseStart>(())
+        })
+        .await?;
+        let kafka_config = config.kafka.client_config(&[])?;
+        let dlq_spec = TopicSpec {
+            name: &dlq_topic,
+            partitions: 1,
+            replication: config.kafka.kafka_topic_replication,
+            configs: HashMap::new(),
+        };
+        retry_boot(&backoff, &readiness, "kafka", || {
+            ensure_topics(&kafka_config, std::slice::from_ref(&dlq_spec))
+        })
+        .await?;
+        retry_boot(&backoff, &readiness, "schema_registry", || {
+            decoder.check_registry()
+        })
+        .await?;
+        for check in READINESS_CHECKS {
+            readiness.set_ready(check);
+        }
+
+        let producer = RenewableProducer::new(
+            config
+                .kafka
+                .client_config(&[("enable.idempotence", "true"), ("acks", "all")])?,
+        )
+        .context("creating the dead-letter producer")?;
+        let consumer = consume::consumer(&config.kafka, &config.group_id, &config.topic)?;
+        Ok(Sink {
+            pause: consume::PauseGate::new(consumer.clone()),
+            consumer,
+            decoder,
+            writer,
+            dlq: DeadLetters::new(producer, dlq_topic),
+            readiness,
+            backoff,
+            tolerance: config.errors_tolerance,
+            retention: config.snapshot_retention,
+            lag: consume::LagReporter::start(&config.kafka, &config.topic)?,
+            finishing: std::sync::atomic::AtomicU8::new(NOT_WRITING),
+        })
+    }
+
+    /// Finishes the batch prepared before (if any), saying meanwhile where it stands (see
+    /// [`Sink::idle`]).
+    async fn finish_pending(&self, previous: Option<Prepared>) -> anyhow::Result<()> {
+        let Some(prepared) = previous else {
+            return Ok(());
+        };
+        self.finishing.store(WRITING, SeqCst);
+        let finished = self.finish(prepared).await;
+        let state = if finished.is_ok() {
+            NOT_WRITING
+        } else {
+            WRITE_FAILED
+        };
+        self.finishing.store(state, SeqCst);
+        finished
+    }
+
     /// Collects the next batch, waiting while the broker is unreachable.
     async fn collect(&self, config: &Config) -> Vec<OwnedMessage> {
         // Not through `retry`: fetching is what failed, there is nothing to pause.
