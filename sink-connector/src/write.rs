@@ -25,6 +25,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use plumbing::backoff::Retriable;
 use secrecy::{ExposeSecret, SecretString};
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
 
 use crate::batch::Deduped;
 use crate::history::{Month, Partitions, Retention};
@@ -127,6 +128,180 @@ WITH inserted AS (
 -- PostgreSQL runs a data-modifying WITH whole whether or not the query reads it.
 SELECT (SELECT count(*) FROM inserted) + (SELECT count(*) FROM rewritten)"
     )
+}
+
+/// A batch's `videos` rows, one array per column of `videos`, in the order of
+/// [`UPSERT_VIDEOS`]'s parameters (`tags` as JSON text: UNNEST cannot take an array of arrays).
+struct VideoColumns<'a> {
+    video_id: Vec<&'a str>,
+    region_code: Vec<&'a str>,
+    rank: Vec<i32>,
+    title: Vec<Option<&'a str>>,
+    description: Vec<Option<&'a str>>,
+    channel_id: Vec<Option<&'a str>>,
+    channel_title: Vec<Option<&'a str>>,
+    category_id: Vec<Option<&'a str>>,
+    category_name: Vec<Option<&'a str>>,
+    tags: Vec<Option<String>>,
+    published_at: Vec<Option<DateTime<Utc>>>,
+    default_language: Vec<Option<&'a str>>,
+    default_audio_language: Vec<Option<&'a str>>,
+    live_broadcast_content: Vec<Option<&'a str>>,
+    thumbnail_url: Vec<Option<&'a str>>,
+    duration_seconds: Vec<Option<i64>>,
+    definition: Vec<Option<&'a str>>,
+    dimension: Vec<Option<&'a str>>,
+    caption: Vec<Option<bool>>,
+    licensed_content: Vec<Option<bool>>,
+    view_count: Vec<Option<i64>>,
+    like_count: Vec<Option<i64>>,
+    comment_count: Vec<Option<i64>>,
+    favorite_count: Vec<Option<i64>>,
+    first_seen_at: Vec<DateTime<Utc>>,
+    last_fetched_at: Vec<DateTime<Utc>>,
+}
+
+impl<'a> VideoColumns<'a> {
+    fn of(batch: &Deduped<'a>) -> Self {
+        let v = &batch.videos;
+        VideoColumns {
+            video_id: v.iter().map(|(r, _)| r.video_id.as_str()).collect(),
+            region_code: v.iter().map(|(r, _)| r.region_code.as_str()).collect(),
+            rank: v.iter().map(|(r, _)| r.rank).collect(),
+            title: v.iter().map(|(r, _)| r.title.as_deref()).collect(),
+            description: v.iter().map(|(r, _)| r.description.as_deref()).collect(),
+            channel_id: v.iter().map(|(r, _)| r.channel_id.as_deref()).collect(),
+            channel_title: v.iter().map(|(r, _)| r.channel_title.as_deref()).collect(),
+            category_id: v.iter().map(|(r, _)| r.category_id.as_deref()).collect(),
+            category_name: v.iter().map(|(r, _)| r.category_name.as_deref()).collect(),
+            tags: v
+                .iter()
+                .map(|(r, _)| {
+                    r.tags
+                        .as_ref()
+                        .map(|t| serde_json::to_string(t).expect("strings serialise"))
+                })
+                .collect(),
+            published_at: v.iter().map(|(r, _)| r.published_at).collect(),
+            default_language: v
+                .iter()
+                .map(|(r, _)| r.default_language.as_deref())
+                .collect(),
+            default_audio_language: v
+                .iter()
+                .map(|(r, _)| r.default_audio_language.as_deref())
+                .collect(),
+            live_broadcast_content: v
+                .iter()
+                .map(|(r, _)| r.live_broadcast_content.as_deref())
+                .collect(),
+            thumbnail_url: v.iter().map(|(r, _)| r.thumbnail_url.as_deref()).collect(),
+            duration_seconds: v.iter().map(|(r, _)| r.duration_seconds).collect(),
+            definition: v.iter().map(|(r, _)| r.definition.as_deref()).collect(),
+            dimension: v.iter().map(|(r, _)| r.dimension.as_deref()).collect(),
+            caption: v.iter().map(|(r, _)| r.caption).collect(),
+            licensed_content: v.iter().map(|(r, _)| r.licensed_content).collect(),
+            view_count: v.iter().map(|(r, _)| r.view_count).collect(),
+            like_count: v.iter().map(|(r, _)| r.like_count).collect(),
+            comment_count: v.iter().map(|(r, _)| r.comment_count).collect(),
+            favorite_count: v.iter().map(|(r, _)| r.favorite_count).collect(),
+            first_seen_at: v.iter().map(|(_, first)| *first).collect(),
+            last_fetched_at: v.iter().map(|(r, _)| r.fetched_at).collect(),
+        }
+    }
+
+    /// `$1` to `$26` of [`UPSERT_VIDEOS`].
+    fn params(&self) -> [&(dyn ToSql + Sync); 26] {
+        [
+            &self.video_id,
+            &self.region_code,
+            &self.rank,
+            &self.title,
+            &self.description,
+            &self.channel_id,
+            &self.channel_title,
+            &self.category_id,
+            &self.category_name,
+            &self.tags,
+            &self.published_at,
+            &self.default_language,
+            &self.default_audio_language,
+            &self.live_broadcast_content,
+            &self.thumbnail_url,
+            &self.duration_seconds,
+            &self.definition,
+            &self.dimension,
+            &self.caption,
+            &self.licensed_content,
+            &self.view_count,
+            &self.like_count,
+            &self.comment_count,
+            &self.favorite_count,
+            &self.first_seen_at,
+            &self.last_fetched_at,
+        ]
+    }
+}
+
+/// A batch's snapshots, one array per column of `video_snapshots`, and its charts (one entry
+/// per chart, in key order: the largest size its records give): [`UPSERT_SNAPSHOTS_AND_CHARTS`]'s
+/// parameters.
+struct SnapshotColumns<'a> {
+    region_code: Vec<&'a str>,
+    fetched_at: Vec<DateTime<Utc>>,
+    video_id: Vec<&'a str>,
+    rank: Vec<i32>,
+    view_count: Vec<Option<i64>>,
+    like_count: Vec<Option<i64>>,
+    comment_count: Vec<Option<i64>>,
+    favorite_count: Vec<Option<i64>>,
+    chart_region_code: Vec<&'a str>,
+    chart_fetched_at: Vec<DateTime<Utc>>,
+    chart_size: Vec<Option<i32>>,
+}
+
+impl<'a> SnapshotColumns<'a> {
+    fn of(batch: &Deduped<'a>) -> Self {
+        let s = &batch.snapshots;
+        let mut charts: std::collections::BTreeMap<(&str, DateTime<Utc>), Option<i32>> =
+            Default::default();
+        for r in s {
+            let size = charts
+                .entry((r.region_code.as_str(), r.fetched_at))
+                .or_default();
+            *size = (*size).max(r.chart_size);
+        }
+        SnapshotColumns {
+            region_code: s.iter().map(|r| r.region_code.as_str()).collect(),
+            fetched_at: s.iter().map(|r| r.fetched_at).collect(),
+            video_id: s.iter().map(|r| r.video_id.as_str()).collect(),
+            rank: s.iter().map(|r| r.rank).collect(),
+            view_count: s.iter().map(|r| r.view_count).collect(),
+            like_count: s.iter().map(|r| r.like_count).collect(),
+            comment_count: s.iter().map(|r| r.comment_count).collect(),
+            favorite_count: s.iter().map(|r| r.favorite_count).collect(),
+            chart_region_code: charts.keys().map(|(r, _)| *r).collect(),
+            chart_fetched_at: charts.keys().map(|(_, at)| *at).collect(),
+            chart_size: charts.values().copied().collect(),
+        }
+    }
+
+    /// `$1` to `$11` of [`UPSERT_SNAPSHOTS_AND_CHARTS`].
+    fn params(&self) -> [&(dyn ToSql + Sync); 11] {
+        [
+            &self.region_code,
+            &self.fetched_at,
+            &self.video_id,
+            &self.rank,
+            &self.view_count,
+            &self.like_count,
+            &self.comment_count,
+            &self.favorite_count,
+            &self.chart_region_code,
+            &self.chart_fetched_at,
+            &self.chart_size,
+        ]
+    }
 }
 
 // The sink's statements: each column one array parameter, expanded by UNNEST.
@@ -385,137 +560,21 @@ impl Writer {
         client: &mut deadpool_postgres::Client,
         batch: &Deduped<'_>,
     ) -> Result<Written, WriteError> {
+        let (videos, snapshots) = (VideoColumns::of(batch), SnapshotColumns::of(batch));
         let tx = client.transaction().await?;
-        let v = &batch.videos;
-        let col = |f: fn(&schemas::TrendingVideo) -> Option<String>| -> Vec<Option<String>> {
-            v.iter().map(|(r, _)| f(r)).collect()
-        };
-        let ids: Vec<&str> = v.iter().map(|(r, _)| r.video_id.as_str()).collect();
-        let regions: Vec<&str> = v.iter().map(|(r, _)| r.region_code.as_str()).collect();
-        let ranks: Vec<i32> = v.iter().map(|(r, _)| r.rank).collect();
-        let tags: Vec<Option<String>> = v
-            .iter()
-            .map(|(r, _)| {
-                r.tags
-                    .as_ref()
-                    .map(|t| serde_json::to_string(t).expect("strings serialise"))
-            })
-            .collect();
-        let published: Vec<Option<DateTime<Utc>>> = v.iter().map(|(r, _)| r.published_at).collect();
-        let long = |f: fn(&schemas::TrendingVideo) -> Option<i64>| -> Vec<Option<i64>> {
-            v.iter().map(|(r, _)| f(r)).collect()
-        };
-        let boolean = |f: fn(&schemas::TrendingVideo) -> Option<bool>| -> Vec<Option<bool>> {
-            v.iter().map(|(r, _)| f(r)).collect()
-        };
-        let first_seen: Vec<DateTime<Utc>> = v.iter().map(|(_, first)| *first).collect();
-        let fetched: Vec<DateTime<Utc>> = v.iter().map(|(r, _)| r.fetched_at).collect();
-        let (title, description, channel_id, channel_title) = (
-            col(|r| r.title.clone()),
-            col(|r| r.description.clone()),
-            col(|r| r.channel_id.clone()),
-            col(|r| r.channel_title.clone()),
-        );
-        let (category_id, category_name, default_language, default_audio_language) = (
-            col(|r| r.category_id.clone()),
-            col(|r| r.category_name.clone()),
-            col(|r| r.default_language.clone()),
-            col(|r| r.default_audio_language.clone()),
-        );
-        let (live, thumbnail, definition, dimension) = (
-            col(|r| r.live_broadcast_content.clone()),
-            col(|r| r.thumbnail_url.clone()),
-            col(|r| r.definition.clone()),
-            col(|r| r.dimension.clone()),
-        );
-        let (duration, views, likes, comments, favorites) = (
-            long(|r| r.duration_seconds),
-            long(|r| r.view_count),
-            long(|r| r.like_count),
-            long(|r| r.comment_count),
-            long(|r| r.favorite_count),
-        );
-        let (caption, licensed) = (boolean(|r| r.caption), boolean(|r| r.licensed_content));
-
         let upsert = tx.prepare_cached(&UPSERT_VIDEOS).await?;
-        let videos = tx
-            .execute(
-                &upsert,
-                &[
-                    &ids,
-                    &regions,
-                    &ranks,
-                    &title,
-                    &description,
-                    &channel_id,
-                    &channel_title,
-                    &category_id,
-                    &category_name,
-                    &tags,
-                    &published,
-                    &default_language,
-                    &default_audio_language,
-                    &live,
-                    &thumbnail,
-                    &duration,
-                    &definition,
-                    &dimension,
-                    &caption,
-                    &licensed,
-                    &views,
-                    &likes,
-                    &comments,
-                    &favorites,
-                    &first_seen,
-                    &fetched,
-                ],
-            )
-            .await?;
+        let written_videos = tx.execute(&upsert, &videos.params()).await?;
         let lower = tx.prepare_cached(&LOWER_FIRST_SEEN).await?;
-        tx.execute(&lower, &[&ids, &first_seen]).await?;
-
-        let s = &batch.snapshots;
-        let s_regions: Vec<&str> = s.iter().map(|r| r.region_code.as_str()).collect();
-        let s_fetched: Vec<DateTime<Utc>> = s.iter().map(|r| r.fetched_at).collect();
-        let s_ids: Vec<&str> = s.iter().map(|r| r.video_id.as_str()).collect();
-        let s_ranks: Vec<i32> = s.iter().map(|r| r.rank).collect();
-        let s_long = |f: fn(&schemas::TrendingVideo) -> Option<i64>| -> Vec<Option<i64>> {
-            s.iter().map(|r| f(r)).collect()
-        };
-        // One entry per chart, in key order: the largest size its records give.
-        let mut charts: std::collections::BTreeMap<(&str, DateTime<Utc>), Option<i32>> =
-            Default::default();
-        for r in s {
-            let size = charts
-                .entry((r.region_code.as_str(), r.fetched_at))
-                .or_default();
-            *size = (*size).max(r.chart_size);
-        }
-        let c_regions: Vec<&str> = charts.keys().map(|(r, _)| *r).collect();
-        let c_fetched: Vec<DateTime<Utc>> = charts.keys().map(|(_, at)| *at).collect();
-        let c_sizes: Vec<Option<i32>> = charts.values().copied().collect();
-        let upsert = tx.prepare_cached(&UPSERT_SNAPSHOTS_AND_CHARTS).await?;
-        let row = tx
-            .query_one(
-                &upsert,
-                &[
-                    &s_regions,
-                    &s_fetched,
-                    &s_ids,
-                    &s_ranks,
-                    &s_long(|r| r.view_count),
-                    &s_long(|r| r.like_count),
-                    &s_long(|r| r.comment_count),
-                    &s_long(|r| r.favorite_count),
-                    &c_regions,
-                    &c_fetched,
-                    &c_sizes,
-                ],
-            )
+        tx.execute(&lower, &[&videos.video_id, &videos.first_seen_at])
             .await?;
-        let snapshots = row.get::<_, i64>(0) as u64;
+        let upsert = tx.prepare_cached(&UPSERT_SNAPSHOTS_AND_CHARTS).await?;
+        let row = tx.query_one(&upsert, &snapshots.params()).await?;
+        let written_snapshots = row.get::<_, i64>(0) as u64;
         tx.commit().await?;
-        Ok(Written { videos, snapshots })
+        Ok(Written {
+            videos: written_videos,
+            snapshots: written_snapshots,
+        })
     }
 
     /// This month's and next month's partitions of the history, created if missing.
