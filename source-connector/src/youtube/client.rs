@@ -1,20 +1,15 @@
-//! The YouTube Data API v3 client: `videos.list?chart=mostPopular` with its pagination, and
-//! `videoCategories.list`, with typed response structs and a typed error per failure kind.
-//!
-//! The API key travels in the `key` query parameter (or the `x-goog-api-key` header). reqwest
-//! errors print the URL with its query, so every error leaving this module is stripped of its
-//! URL, and nothing here formats a URL into a message.
+//! The HTTP client: `videos.list?chart=mostPopular` with its pagination and
+//! `videoCategories.list`, each call retried with backoff while it fails transiently.
 
-use plumbing::backoff::Retriable;
 use std::collections::HashMap;
 use std::time::Duration;
 
+use plumbing::backoff::{Backoff, Retriable};
 use reqwest::StatusCode;
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
 
-use plumbing::backoff::Backoff;
-
+use super::error::{network, ApiError};
+use super::response::{CategoryListResponse, ErrorResponse, Video, VideoListResponse};
 use crate::config::{Config, KeyPlacement};
 use crate::events::{ApiCalled, ApiRetrying};
 
@@ -22,184 +17,6 @@ use crate::events::{ApiCalled, ApiRetrying};
 const PAGE_SIZE: &str = "50";
 /// A chart has at most 200 videos (4 pages); more pages than this means a looping token.
 const MAX_PAGES: usize = 10;
-
-// --- response types (https://developers.google.com/youtube/v3/docs/videos) -----------------
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct VideoListResponse {
-    pub items: Vec<Video>,
-    pub next_page_token: Option<String>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Video {
-    pub id: String,
-    pub snippet: Option<Snippet>,
-    pub content_details: Option<ContentDetails>,
-    pub statistics: Option<Statistics>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Snippet {
-    pub published_at: Option<chrono::DateTime<chrono::Utc>>,
-    pub channel_id: Option<String>,
-    pub title: Option<String>,
-    pub description: Option<String>,
-    #[serde(default)]
-    pub thumbnails: HashMap<String, Thumbnail>,
-    pub channel_title: Option<String>,
-    pub tags: Option<Vec<String>>,
-    pub category_id: Option<String>,
-    pub live_broadcast_content: Option<String>,
-    pub default_language: Option<String>,
-    pub default_audio_language: Option<String>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct Thumbnail {
-    pub url: String,
-    pub width: Option<u32>,
-    pub height: Option<u32>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ContentDetails {
-    pub duration: Option<String>,
-    pub dimension: Option<String>,
-    pub definition: Option<String>,
-    /// The API sends `"true"` or `"false"` as a string.
-    pub caption: Option<String>,
-    pub licensed_content: Option<bool>,
-}
-
-/// Counts arrive as decimal strings; an absent field (hidden likes, disabled comments) stays
-/// absent.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Statistics {
-    pub view_count: Option<String>,
-    pub like_count: Option<String>,
-    pub favorite_count: Option<String>,
-    pub comment_count: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct CategoryListResponse {
-    items: Vec<Category>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Category {
-    id: String,
-    snippet: Option<CategorySnippet>,
-}
-
-#[derive(Debug, Deserialize)]
-struct CategorySnippet {
-    title: String,
-}
-
-/// `{"error": {"code": 403, "message": "...", "errors": [{"reason": "quotaExceeded", ...}]}}`
-#[derive(Debug, Deserialize)]
-struct ErrorResponse {
-    error: ErrorBody,
-}
-
-#[derive(Debug, Deserialize)]
-struct ErrorBody {
-    message: Option<String>,
-    #[serde(default)]
-    errors: Vec<ErrorItem>,
-    /// Google's newer error model, beside `errors`: an invalid key comes back as 400
-    /// `badRequest` in `errors`, and only `details` says `API_KEY_INVALID`.
-    #[serde(default)]
-    details: Vec<ErrorItem>,
-}
-
-#[derive(Debug, Deserialize)]
-struct ErrorItem {
-    reason: Option<String>,
-}
-
-// --- errors ----------------------------------------------------------------------------------
-
-/// Why an API call failed. Messages never contain the request URL (it carries the key).
-#[derive(Debug, thiserror::Error)]
-pub enum ApiError {
-    #[error("network error talking to the YouTube API: {0}")]
-    Network(String),
-    #[error("the YouTube API answered HTTP {status} ({reason})")]
-    Server { status: u16, reason: String },
-    #[error("the YouTube API is rate limiting (HTTP 429)")]
-    RateLimited { retry_after: Option<Duration> },
-    #[error("the YouTube API answered an unreadable response: {0}")]
-    Malformed(String),
-    #[error("the daily YouTube API quota is spent (quotaExceeded)")]
-    QuotaExceeded,
-    #[error("YouTube has no most-popular chart for region {region} (videoChartNotFound)")]
-    ChartNotFound { region: String },
-    #[error("the YouTube API refused the key ({reason}): check YOUTUBE_API_KEY and that the YouTube Data API v3 is enabled for it")]
-    KeyRejected { reason: String },
-    #[error("the YouTube API refused the request: HTTP {status} ({reason}): {message}")]
-    Rejected {
-        status: u16,
-        reason: String,
-        message: String,
-    },
-}
-
-impl plumbing::backoff::Retriable for ApiError {
-    /// Transient failures, worth retrying soon: network, timeouts, 5xx, 429, malformed bodies.
-    fn is_retriable(&self) -> bool {
-        matches!(
-            self,
-            ApiError::Network(_)
-                | ApiError::Server { .. }
-                | ApiError::RateLimited { .. }
-                | ApiError::Malformed(_)
-        )
-    }
-}
-
-impl ApiError {
-    /// A short, bounded label for metrics.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            ApiError::Network(_) => "network",
-            ApiError::Server { .. } => "server_error",
-            ApiError::RateLimited { .. } => "rate_limited",
-            ApiError::Malformed(_) => "malformed",
-            ApiError::QuotaExceeded => "quota_exceeded",
-            ApiError::ChartNotFound { .. } => "chart_not_found",
-            ApiError::KeyRejected { .. } => "key_rejected",
-            ApiError::Rejected { .. } => "rejected",
-        }
-    }
-}
-
-fn network(e: reqwest::Error) -> ApiError {
-    let e = e.without_url();
-    let what = if e.is_timeout() {
-        "timed out"
-    } else {
-        "failed"
-    };
-    // The causes (connection refused, DNS, TLS...) say what to fix; none of them holds the URL.
-    let mut text = format!("request {what}: {e}");
-    let mut source = std::error::Error::source(&e);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    ApiError::Network(text)
-}
-
-// --- client ----------------------------------------------------------------------------------
 
 /// Which API method, for metrics labels.
 #[derive(Debug, Clone, Copy)]
