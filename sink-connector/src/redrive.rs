@@ -69,10 +69,14 @@ pub struct ReplayArgs {
     /// Produce the records. Without it, only show what would be replayed (dry run).
     #[arg(long)]
     pub execute: bool,
-    /// Consumer group keeping the replay's position on the dead-letter topic (also its
-    /// transactional id); default `<KAFKA_GROUP_ID>.dlq-replay`.
+    /// Consumer group keeping the replay's position on the dead-letter topic (its
+    /// transactional id is `dlq-replay:<group>`); default `<KAFKA_GROUP_ID>.dlq-replay`.
     #[arg(long)]
     pub replay_group: Option<String>,
+    /// Dead letters examined per transaction: each commits its records and the group's
+    /// position, so a large backlog is replayed in steps that each fit the transaction timeout.
+    #[arg(long, default_value_t = 1000)]
+    pub max_records: usize,
 }
 
 /// One dead letter, as the sink wrote it (see [`crate::dlq`]).
@@ -286,8 +290,8 @@ pub fn list(kafka: &KafkaArgs, dlq_topic: &str, args: &ListArgs) -> anyhow::Resu
     Ok(out)
 }
 
-/// `dlq replay`: the plan, and with `--execute` the records produced back in one transaction
-/// with the replay group's new position.
+/// `dlq replay`: the plan, and with `--execute` the records produced back, in transactions of
+/// at most `--max-records` dead letters examined, each with the replay group's new position.
 pub fn replay(
     kafka: &KafkaArgs,
     dlq_topic: &str,
@@ -299,58 +303,170 @@ pub fn replay(
         .replay_group
         .clone()
         .unwrap_or_else(|| format!("{sink_group}.dlq-replay"));
+    // Before the group's position is read: fences a replay of the same group still running (and
+    // aborts its open transaction), so two runs never both replay what they read.
+    let producer = if args.execute {
+        let producer: BaseProducer = kafka
+            .client_config(&[
+                ("transactional.id", format!("dlq-replay:{group}").as_str()),
+                ("enable.idempotence", "true"),
+            ])?
+            .create()
+            .map_err(plumbing::kafka::config_error)?;
+        producer
+            .init_transactions(TIMEOUT)
+            .context("starting the replay's transactions")?;
+        Some(producer)
+    } else {
+        None
+    };
     let (consumer, letters, ends) = read(kafka, dlq_topic, Some(&group))?;
-    let (chosen, passed_over): (Vec<&DeadLetter>, Vec<&DeadLetter>) =
-        letters.iter().partition(|l| l.chosen(&args.filter));
-    let (replayable, trimmed): (Vec<&DeadLetter>, Vec<&DeadLetter>) =
-        chosen.iter().partition(|l| !l.trimmed && l.value.is_some());
-    let mut by_reason: BTreeMap<&str, usize> = BTreeMap::new();
-    for l in &replayable {
-        *by_reason.entry(&l.reason).or_default() += 1;
-    }
-    let mut out = String::new();
-    writeln!(
-        out,
-        "{} dead letters not yet examined by replay group {group} in {dlq_topic}",
-        letters.len()
-    )?;
-    for (reason, n) in &by_reason {
-        writeln!(out, "  replay {n:>6}  {reason}")?;
-    }
-    writeln!(
-        out,
-        "  passed over {:>6}  (not chosen by --reason/--since/--until)",
-        passed_over.len()
-    )?;
-    writeln!(
-        out,
-        "  cannot replay {:>4}  (key or value too large to be copied: read the original at the \
-         partition and offset its headers name)",
-        trimmed.len()
-    )?;
-    if !args.execute {
+    let plan = Plan::of(&letters, &args.filter);
+    let mut out = plan.render(&group, dlq_topic, letters.len());
+    let Some(producer) = producer else {
         writeln!(
             out,
             "dry run: nothing produced. Add --execute to produce {} records back and move the \
              group past all {} examined.",
-            replayable.len(),
+            plan.replay.len(),
             letters.len()
         )?;
         return Ok(out);
+    };
+    let metadata = consumer
+        .group_metadata()
+        .context("the replay group's metadata")?;
+    let size = args.max_records.max(1);
+    let chunks: Vec<&[DeadLetter]> = letters.chunks(size).collect();
+    let mut replayed = 0;
+    for (i, chunk) in chunks.iter().enumerate() {
+        let examined = i * size..i * size + chunk.len();
+        // The group's position after this chunk: past its last dead letter of each partition,
+        // and, with the last chunk, the end offsets read at start (past transaction markers).
+        let offsets = if i + 1 == chunks.len() {
+            ends.clone()
+        } else {
+            let mut last = BTreeMap::new();
+            for l in chunk.iter() {
+                last.insert(l.partition, l.offset + 1);
+            }
+            let mut tpl = TopicPartitionList::new();
+            for (p, o) in last {
+                tpl.add_partition_offset(dlq_topic, p, Offset::Offset(o))?;
+            }
+            tpl
+        };
+        let in_chunk: Vec<&DeadLetter> = plan
+            .replay
+            .iter()
+            .filter(|(at, _)| examined.contains(at))
+            .map(|(_, l)| *l)
+            .collect();
+        transaction(&producer, source_topic, &in_chunk, &offsets, &metadata).map_err(|e| {
+            e.context(format!(
+                "after {replayed} records replayed in earlier transactions; run `dlq replay` \
+                 without --execute to see what is left"
+            ))
+        })?;
+        replayed += in_chunk.len();
     }
-    let producer: BaseProducer = kafka
-        .client_config(&[
-            ("transactional.id", group.as_str()),
-            ("enable.idempotence", "true"),
-        ])?
-        .create()
-        .map_err(plumbing::kafka::config_error)?;
-    producer
-        .init_transactions(TIMEOUT)
-        .context("starting the replay's transaction (another replay of this group running?)")?;
+    writeln!(
+        out,
+        "replayed {replayed} records; replay group {group} is at the end of {dlq_topic}"
+    )?;
+    Ok(out)
+}
+
+/// What a replay does with the dead letters it examines.
+struct Plan<'a> {
+    /// The dead letters to replay, with their index among those examined.
+    replay: Vec<(usize, &'a DeadLetter)>,
+    passed_over: usize,
+    /// The same original dead-lettered twice (the sink retried a batch, or was stopped between
+    /// the dead-letter produce and its commit): replayed once.
+    duplicates: usize,
+    trimmed: usize,
+    no_value: usize,
+}
+
+impl<'a> Plan<'a> {
+    fn of(letters: &'a [DeadLetter], filter: &Filter) -> Plan<'a> {
+        let mut plan = Plan {
+            replay: Vec::new(),
+            passed_over: 0,
+            duplicates: 0,
+            trimmed: 0,
+            no_value: 0,
+        };
+        let mut seen = std::collections::HashSet::new();
+        for (i, l) in letters.iter().enumerate() {
+            if !l.chosen(filter) {
+                plan.passed_over += 1;
+            } else if l.trimmed {
+                plan.trimmed += 1;
+            } else if l.value.is_none() {
+                plan.no_value += 1;
+            } else if l.original_offset.is_some()
+                && !seen.insert((l.topic.clone(), l.original_partition, l.original_offset))
+            {
+                plan.duplicates += 1;
+            } else {
+                plan.replay.push((i, l));
+            }
+        }
+        plan
+    }
+
+    fn render(&self, group: &str, dlq_topic: &str, examined: usize) -> String {
+        let mut by_reason: BTreeMap<&str, usize> = BTreeMap::new();
+        for (_, l) in &self.replay {
+            *by_reason.entry(&l.reason).or_default() += 1;
+        }
+        let mut out = format!(
+            "{examined} dead letters not yet examined by replay group {group} in {dlq_topic}\n"
+        );
+        for (reason, n) in &by_reason {
+            let _ = writeln!(out, "  replay {n:>6}  {reason}");
+        }
+        let lines = [
+            (
+                self.passed_over,
+                "passed over",
+                "not chosen by --reason/--since/--until",
+            ),
+            (
+                self.duplicates,
+                "duplicates",
+                "the same original dead-lettered again: replayed once",
+            ),
+            (
+                self.trimmed,
+                "cannot replay",
+                "key or value too large to be copied: read the original at the partition and \
+                 offset its headers name",
+            ),
+            (self.no_value, "no value", "a tombstone: nothing to replay"),
+        ];
+        for (n, what, why) in lines {
+            let _ = writeln!(out, "  {what} {n:>6}  ({why})");
+        }
+        out
+    }
+}
+
+/// One transaction: the records produced to the topic they came from (`__connect.errors.topic`,
+/// else the sink's topic), and the replay group's offsets. A failure before the commit aborts
+/// it; a commit whose outcome is unknown is retried, and reported as unknown if it stays so.
+fn transaction(
+    producer: &BaseProducer,
+    source_topic: &str,
+    letters: &[&DeadLetter],
+    offsets: &TopicPartitionList,
+    metadata: &rdkafka::consumer::ConsumerGroupMetadata,
+) -> anyhow::Result<()> {
     producer.begin_transaction()?;
-    let produced = (|| -> anyhow::Result<()> {
-        for l in &replayable {
+    let sent = (|| -> anyhow::Result<()> {
+        for l in letters {
             let topic = l.topic.as_deref().unwrap_or(source_topic);
             let mut record = BaseRecord::<[u8], [u8]>::to(topic);
             if let Some(k) = &l.key_bytes {
@@ -359,7 +475,6 @@ pub fn replay(
             if let Some(v) = &l.value {
                 record = record.payload(v);
             }
-            let mut record = record;
             loop {
                 match producer.send(record) {
                     Ok(()) => break,
@@ -374,21 +489,28 @@ pub fn replay(
                 }
             }
         }
-        let metadata = consumer
-            .group_metadata()
-            .context("the replay group's metadata")?;
-        producer.send_offsets_to_transaction(&ends, &metadata, TIMEOUT)?;
-        producer.commit_transaction(Duration::from_secs(60))?;
+        producer.send_offsets_to_transaction(offsets, metadata, TIMEOUT)?;
         Ok(())
     })();
-    if let Err(e) = produced {
+    if let Err(e) = sent {
         let _ = producer.abort_transaction(TIMEOUT);
-        return Err(e.context("the replay was rolled back: nothing replayed, the group not moved"));
+        return Err(e.context("this transaction was rolled back: its records not replayed"));
     }
-    writeln!(
-        out,
-        "replayed {} records; replay group {group} is at the end of {dlq_topic}",
-        replayable.len()
-    )?;
-    Ok(out)
+    let mut committed = producer.commit_transaction(Duration::from_secs(60));
+    for _ in 0..3 {
+        match &committed {
+            Err(rdkafka::error::KafkaError::Transaction(e)) if e.is_retriable() => {
+                committed = producer.commit_transaction(Duration::from_secs(60));
+            }
+            _ => break,
+        }
+    }
+    match committed {
+        Ok(()) => Ok(()),
+        Err(rdkafka::error::KafkaError::Transaction(e)) if e.txn_requires_abort() => {
+            let _ = producer.abort_transaction(TIMEOUT);
+            bail!("the broker refused the commit ({e}): this transaction was rolled back")
+        }
+        Err(e) => bail!("committing the replay failed ({e}): whether it landed is unknown"),
+    }
 }

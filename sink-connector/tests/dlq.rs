@@ -92,7 +92,15 @@ async fn dead_letters_are_listed_and_replayed_exactly_once_after_the_fix() {
         &stack,
         &topic,
         &group,
-        &["dlq", "replay", "--reason", "unknown_schema", "--execute"],
+        &[
+            "dlq",
+            "replay",
+            "--reason",
+            "unknown_schema",
+            "--execute",
+            "--max-records",
+            "2",
+        ],
     )
     .await;
     assert!(done.contains("replayed 5 records"), "{done}");
