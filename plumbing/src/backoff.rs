@@ -105,43 +105,6 @@ where
     }
 }
 
-/// [`retry`] for a step that has no permanent failure: runs `f` until it succeeds.
-pub async fn retry_until_ok<T, E, F, Fut>(
-    backoff: &Backoff,
-    mut on_failure: impl FnMut(&E, u32, Duration),
-    f: F,
-) -> T
-where
-    E: std::fmt::Display,
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, E>>,
-{
-    /// Every error retried.
-    struct Transient<E>(E);
-    impl<E: std::fmt::Display> std::fmt::Display for Transient<E> {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            self.0.fmt(f)
-        }
-    }
-    impl<E: std::fmt::Display> Retriable for Transient<E> {
-        fn is_retriable(&self) -> bool {
-            true
-        }
-    }
-    let mut f = f;
-    // `retry` gives up on no Transient error: it returns only once `f` succeeded.
-    loop {
-        let attempt = || {
-            let fut = f();
-            async move { fut.await.map_err(Transient) }
-        };
-        let report = |e: &Transient<E>, n, d| on_failure(&e.0, n, d);
-        if let Ok(v) = retry(backoff, report, attempt).await {
-            return v;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,7 +149,8 @@ mod tests {
         assert_eq!(r, Err(E(false)));
         assert_eq!(reported, [(true, 1), (true, 2)]);
         let mut answers = vec![Err(anyhow::anyhow!("away")), Ok(2)].into_iter();
-        let r = retry_until_ok(
+        // A step whose errors are all transient returns only once it succeeded.
+        let r = retry(
             &b,
             |_: &anyhow::Error, _, _| {},
             || {
@@ -195,7 +159,7 @@ mod tests {
             },
         )
         .await;
-        assert_eq!(r, 2);
+        assert_eq!(r.unwrap(), 2);
     }
 
     #[test]

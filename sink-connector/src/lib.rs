@@ -32,6 +32,7 @@ use plumbing::backoff::{Backoff, Retriable};
 use plumbing::kafka::{ensure_topics, RenewableProducer, TopicSpec};
 use plumbing::readiness::Readiness;
 use rdkafka::consumer::Consumer;
+use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedMessage;
 use rdkafka::Message;
 use schemas::TrendingVideo;
@@ -120,7 +121,7 @@ async fn pipeline(
     loop {
         let finishing = sink.finish_pending(pending.take());
         let preparing = async {
-            let batch = sink.collect(config).await;
+            let batch = sink.collect(config).await?;
             sink.prepare(batch).await
         };
         let mut finishing = std::pin::pin!(futures::future::maybe_done(finishing));
@@ -288,10 +289,10 @@ impl Sink {
     }
 
     /// Collects the next batch, waiting while the broker is unreachable.
-    async fn collect(&self, config: &Config) -> Vec<OwnedMessage> {
+    async fn collect(&self, config: &Config) -> Result<Vec<OwnedMessage>, KafkaError> {
         // Not through `retry`: fetching is what failed, there is nothing to pause.
         let mut failed = false;
-        let on_failure = |e: &rdkafka::error::KafkaError, attempt, delay| {
+        let on_failure = |e: &KafkaError, attempt, delay| {
             failed = true;
             self.readiness.set_not_ready("kafka", e.to_string());
             DependencyRetrying {
@@ -303,7 +304,7 @@ impl Sink {
             }
             .emit();
         };
-        let batch = plumbing::backoff::retry_until_ok(&self.backoff, on_failure, || {
+        let batch = plumbing::backoff::retry(&self.backoff, on_failure, || {
             consume::collect(
                 &self.consumer,
                 config.batch_max_records,
@@ -312,12 +313,12 @@ impl Sink {
                 || self.idle(),
             )
         })
-        .await;
+        .await?;
         if failed {
             tracing::info!(dependency = "kafka", "Dependency back");
             self.readiness.set_ready("kafka");
         }
-        batch
+        Ok(batch)
     }
 
     /// Nothing to read: once no batch is in flight, the offsets move past the transaction

@@ -168,36 +168,17 @@ fn read(
         ])?
         .create()
         .map_err(plumbing::kafka::config_error)?;
-    let metadata = consumer
-        .fetch_metadata(Some(topic), TIMEOUT)
-        .context("reading the dead-letter topic's metadata (is KAFKA_BOOTSTRAP_SERVERS right?)")?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    if partitions.is_empty() {
-        bail!(
-            "the dead-letter topic {topic} does not exist (SINK_DLQ_TOPIC, or <KAFKA_TOPIC>.dlq)"
-        );
-    }
-    let mut committed = BTreeMap::new();
-    if group.is_some() {
-        let mut ask = TopicPartitionList::new();
-        for p in &partitions {
-            ask.add_partition(topic, *p);
-        }
-        for e in consumer.committed_offsets(ask, TIMEOUT)?.elements() {
-            if let Offset::Offset(o) = e.offset() {
-                committed.insert(e.partition(), o);
-            }
-        }
-    }
+    let partitions = crate::replay::partitions_of(&consumer, topic, &[])
+        .context("the dead-letter topic (SINK_DLQ_TOPIC, or <KAFKA_TOPIC>.dlq)")?;
+    let committed = match group {
+        Some(_) => crate::replay::committed(&consumer, topic, &partitions)?,
+        None => vec![None; partitions.len()],
+    };
     let (mut assign, mut ends) = (TopicPartitionList::new(), TopicPartitionList::new());
     let mut remaining = BTreeMap::new();
-    for p in partitions {
+    for (p, committed) in partitions.into_iter().zip(committed) {
         let (low, high) = consumer.fetch_watermarks(topic, p, TIMEOUT)?;
-        let start = committed.get(&p).copied().unwrap_or(low).clamp(low, high);
+        let start = committed.unwrap_or(low).clamp(low, high);
         ends.add_partition_offset(topic, p, Offset::Offset(high))?;
         if start < high {
             assign.add_partition_offset(topic, p, Offset::Offset(start))?;

@@ -110,7 +110,11 @@ fn consumer(kafka: &KafkaArgs, group: &str) -> anyhow::Result<BaseConsumer> {
         .map_err(plumbing::kafka::config_error)
 }
 
-fn partitions_of(c: &BaseConsumer, topic: &str, only: &[i32]) -> anyhow::Result<Vec<i32>> {
+pub(crate) fn partitions_of(
+    c: &BaseConsumer,
+    topic: &str,
+    only: &[i32],
+) -> anyhow::Result<Vec<i32>> {
     let metadata = c
         .fetch_metadata(Some(topic), TIMEOUT)
         .context("reading the topic's metadata (is KAFKA_BOOTSTRAP_SERVERS right?)")?;
@@ -132,7 +136,7 @@ fn partitions_of(c: &BaseConsumer, topic: &str, only: &[i32]) -> anyhow::Result<
     })
 }
 
-fn committed(
+pub(crate) fn committed(
     c: &BaseConsumer,
     topic: &str,
     partitions: &[i32],
