@@ -10,11 +10,15 @@
 //! | `TEST_DATABASE_URL` | read from `.stack/test.env`, written by `scripts/stack.sh up` |
 //! | `TEST_DATABASE_CA` | the same: the CA of the stack PostgreSQL's TLS certificate |
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::OwnedMessage;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::kafka::{ensure_topics, TopicSpec};
 
@@ -165,6 +169,57 @@ pub fn metric_sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<
         }
         value.parse().ok()
     })
+}
+
+/// Every record of every partition of `topic`, read to each partition's end as it stands when
+/// the read reaches it: "nothing there" is then a fact, not a spell of quiet. `config` names the
+/// broker and, if wanted, `isolation.level` (librdkafka reads `read_committed` by default; its
+/// end is the last stable offset, after any transaction marker). A topic that does not exist
+/// holds none. Fails the test after 60 s.
+pub fn read_to_end(mut config: ClientConfig, topic: &str) -> Vec<OwnedMessage> {
+    let consumer: BaseConsumer = config
+        .set("group.id", unique("reader-"))
+        .set("enable.auto.commit", "false")
+        // Told when a partition's end is reached, also when its last offset is a marker that
+        // is never delivered.
+        .set("enable.partition.eof", "true")
+        .create()
+        .expect("a reader of the topic");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("the topic's metadata");
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    drop(metadata);
+    let mut tpl = TopicPartitionList::new();
+    for p in &partitions {
+        tpl.add_partition_offset(topic, *p, Offset::Beginning)
+            .expect("a partition to read");
+    }
+    consumer.assign(&tpl).expect("the partitions assigned");
+    drop(tpl);
+    let mut unread: HashSet<i32> = partitions.into_iter().collect();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !unread.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "{topic}: partitions {unread:?} not read to their end within 60 s ({} records read)",
+            out.len()
+        );
+        match consumer.poll(Duration::from_millis(100)) {
+            None => {}
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                unread.remove(&p);
+            }
+            Some(m) => out.push(m.expect("a record").detach()),
+        }
+    }
+    out
 }
 
 /// A TCP proxy in front of a real service (e.g. the schema registry) that can be switched

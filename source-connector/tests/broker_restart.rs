@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use pipeline::{sink_binary, spawn};
-use plumbing::testing::{unique, Stack};
+use plumbing::testing::{read_to_end, unique, Stack};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use schema_registry_converter::async_impl::avro::AvroDecoder;
@@ -98,33 +98,15 @@ enum Interruption {
 
 /// Every record of `topic` on the broker at `bootstrap`, decoded.
 async fn read_topic(bootstrap: &str, registry: &str, topic: &str) -> Vec<TrendingVideo> {
-    let c: BaseConsumer = rdkafka::ClientConfig::new()
+    let mut config = rdkafka::ClientConfig::new();
+    config
         .set("bootstrap.servers", bootstrap)
-        .set("group.id", unique("reader-"))
-        .set("isolation.level", "read_committed")
-        .create()
-        .unwrap();
-    let metadata = c
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in metadata.topics()[0].partitions() {
-        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
-            .unwrap();
-    }
-    drop(metadata);
-    c.assign(&tpl).unwrap();
-    drop(tpl);
+        .set("isolation.level", "read_committed");
     let decoder = AvroDecoder::new(SrSettings::new(registry.to_string()));
     let mut out = Vec::new();
-    let mut quiet = std::time::Instant::now();
-    while quiet.elapsed() < Duration::from_secs(3) {
-        if let Some(m) = c.poll(Duration::from_millis(100)) {
-            let m = m.unwrap();
-            let v = decoder.decode(m.payload()).await.unwrap().value;
-            out.push(TrendingVideo::from_avro(v).unwrap());
-            quiet = std::time::Instant::now();
-        }
+    for m in read_to_end(config, topic) {
+        let v = decoder.decode(m.payload()).await.unwrap().value;
+        out.push(TrendingVideo::from_avro(v).unwrap());
     }
     out
 }

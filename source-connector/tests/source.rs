@@ -7,9 +7,8 @@ use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use apache_avro::types::Value as Avro;
-use plumbing::testing::{metric_sample, unique, Outage, Stack};
+use plumbing::testing::{metric_sample, read_to_end, unique, Outage, Stack};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use schema_registry_converter::async_impl::avro::AvroDecoder;
 use schema_registry_converter::async_impl::schema_registry::SrSettings;
@@ -172,54 +171,11 @@ async fn read_topic_as(
     topic: &str,
     isolation: &str,
 ) -> Vec<(String, TrendingVideo)> {
-    // Told when each partition's end is reached: its last offset is a transaction marker,
-    // never delivered.
-    let consumer: BaseConsumer = stack
-        .kafka_config(&[
-            ("group.id", &unique("reader-")),
-            ("enable.auto.commit", "false"),
-            ("isolation.level", isolation),
-            ("enable.partition.eof", "true"),
-        ])
-        .create()
-        .unwrap();
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .unwrap();
-    let partitions = metadata.topics()[0].partitions().len() as i32;
-    let mut tpl = TopicPartitionList::new();
-    let mut unread: std::collections::HashSet<i32> = (0..partitions).collect();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
-    drop(tpl);
-    let mut raw = Vec::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !unread.is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{topic}: partitions {unread:?} not read to their end within 30 s"
-        );
-        match consumer.poll(Duration::from_millis(100)) {
-            None => {}
-            Some(Err(KafkaError::PartitionEOF(p))) => {
-                unread.remove(&p);
-            }
-            Some(m) => {
-                let m = m.unwrap();
-                raw.push((
-                    String::from_utf8(m.key().unwrap().to_vec()).unwrap(),
-                    m.payload().unwrap().to_vec(),
-                ));
-            }
-        }
-    }
     let decoder = AvroDecoder::new(SrSettings::new(stack.registry_url.clone()));
     let mut out = Vec::new();
-    for (key, bytes) in raw {
-        let decoded = decoder.decode(Some(&bytes)).await.unwrap();
+    for m in read_to_end(stack.kafka_config(&[("isolation.level", isolation)]), topic) {
+        let key = String::from_utf8(m.key().unwrap().to_vec()).unwrap();
+        let decoded = decoder.decode(m.payload()).await.unwrap();
         assert!(matches!(decoded.value, Avro::Record(_)));
         out.push((key, TrendingVideo::from_avro(decoded.value).unwrap()));
     }

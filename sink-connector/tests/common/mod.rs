@@ -392,54 +392,9 @@ pub fn header(m: &OwnedMessage, name: &str) -> String {
     String::from_utf8(value.to_vec()).unwrap()
 }
 
-/// Every record of partition 0 of `topic` (the dead-letter topics have one), read up to its
-/// high watermark taken first: "nothing there" is then a fact, not two seconds of quiet. A topic
-/// that does not exist holds none.
+/// Every record of `topic`, read to its end (see `plumbing::testing::read_to_end`).
 pub fn read_all(stack: &Stack, topic: &str) -> Vec<OwnedMessage> {
-    let c: BaseConsumer = stack
-        .kafka_config(&[("group.id", &unique("reader-"))])
-        .create()
-        .unwrap();
-    let metadata = c
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .unwrap();
-    let exists = metadata
-        .topics()
-        .iter()
-        .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
-    if !exists {
-        return Vec::new();
-    }
-    let (_, high) = c
-        .fetch_watermarks(topic, 0, Duration::from_secs(10))
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Beginning)
-        .unwrap();
-    c.assign(&tpl).unwrap();
-    drop(tpl);
-    let mut out: Vec<OwnedMessage> = Vec::new();
-    let deadline = std::time::Instant::now() + WAIT;
-    // The position, not the last record: a transaction's commit marker (a replay from the
-    // dead-letter topic) takes the last offset.
-    let position = |c: &BaseConsumer| match c.position().unwrap().find_partition(topic, 0) {
-        Some(e) => match e.offset() {
-            Offset::Offset(o) => o,
-            _ => 0,
-        },
-        None => 0,
-    };
-    while out.last().map_or(0, |m| m.offset() + 1) < high && position(&c) < high {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{topic}: read {} records, its high watermark is {high}",
-            out.len()
-        );
-        if let Some(m) = c.poll(Duration::from_millis(100)) {
-            out.push(m.unwrap().detach());
-        }
-    }
-    out
+    plumbing::testing::read_to_end(stack.kafka_config(&[]), topic)
 }
 
 pub fn sigkill(sink: &Sink) {
