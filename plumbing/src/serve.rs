@@ -1,5 +1,6 @@
 //! The one HTTP port of each connector: `/metrics` (Prometheus text format), `/healthz` (the
-//! process is alive) and `/readyz` (its dependencies answer; 503 naming the failing ones if not).
+//! process is alive) and `/readyz` (its dependencies answer; 503 naming the failing ones if not),
+//! and the connector's control API (see [`crate::control`]); any other path is a JSON 404.
 //!
 //! The port is often reachable by more than Prometheus, so the server bounds what a client can
 //! hold: request headers must arrive within [`HEADER_READ_TIMEOUT`], at most
@@ -45,6 +46,7 @@ pub async fn spawn(
     addr: SocketAddr,
     metrics: PrometheusHandle,
     readiness: Readiness,
+    control: Router,
     shutdown: CancellationToken,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = TcpListener::bind(addr)
@@ -55,9 +57,11 @@ pub async fn spawn(
         .route("/metrics", get(render_metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
-        .with_state(AppState { metrics, readiness });
+        .with_state(AppState { metrics, readiness })
+        .merge(control)
+        .fallback(crate::control::not_found);
     let task = tokio::spawn(serve(listener, app, shutdown));
-    tracing::info!(addr = %bound, "Serving /metrics, /healthz and /readyz");
+    tracing::info!(addr = %bound, "Serving /metrics, /healthz, /readyz and the control API");
     Ok((bound, task))
 }
 

@@ -12,23 +12,27 @@ use crate::readiness::Readiness;
 use crate::telemetry::LogArgs;
 
 /// Runs `connector` until it returns: `Ok(true)` exits 0, `Ok(false)` (a `--once` run that
-/// failed) exits 1, an error is logged and exits 1.
-pub async fn run<F, Fut>(
+/// failed) exits 1, an error is logged and exits 1. `control` builds the connector's control
+/// API, served on the same port from the start, and the handle the connector fills it in
+/// through.
+pub async fn run<T, C, F, Fut>(
     service: &'static str,
     checks: &[&'static str],
     log: &LogArgs,
     http_addr: SocketAddr,
+    control: C,
     connector: F,
 ) -> ExitCode
 where
-    F: FnOnce(Readiness, CancellationToken) -> Fut,
+    C: FnOnce(&Readiness) -> (axum::Router, T),
+    F: FnOnce(T, Readiness, CancellationToken) -> Fut,
     Fut: Future<Output = anyhow::Result<bool>>,
 {
     if let Err(e) = crate::telemetry::init_tracing(log) {
         eprintln!("error: {e:#}");
         return ExitCode::from(2);
     }
-    match serve_and_run(service, checks, http_addr, connector).await {
+    match serve_and_run(service, checks, http_addr, control, connector).await {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {
@@ -41,14 +45,16 @@ where
     }
 }
 
-async fn serve_and_run<F, Fut>(
+async fn serve_and_run<T, C, F, Fut>(
     service: &'static str,
     checks: &[&'static str],
     http_addr: SocketAddr,
+    control: C,
     connector: F,
 ) -> anyhow::Result<bool>
 where
-    F: FnOnce(Readiness, CancellationToken) -> Fut,
+    C: FnOnce(&Readiness) -> (axum::Router, T),
+    F: FnOnce(T, Readiness, CancellationToken) -> Fut,
     Fut: Future<Output = anyhow::Result<bool>>,
 {
     let metrics = crate::telemetry::init_metrics()?;
@@ -56,9 +62,16 @@ where
     let readiness = Readiness::new(service, checks);
     // The HTTP port outlives the connector's drain, so /metrics is scraped until the end.
     let server_stop = CancellationToken::new();
-    let (_, server) =
-        crate::serve::spawn(http_addr, metrics, readiness.clone(), server_stop.clone()).await?;
-    let result = connector(readiness, shutdown).await;
+    let (routes, handle) = control(&readiness);
+    let (_, server) = crate::serve::spawn(
+        http_addr,
+        metrics,
+        readiness.clone(),
+        routes,
+        server_stop.clone(),
+    )
+    .await?;
+    let result = connector(handle, readiness, shutdown).await;
     server_stop.cancel();
     server.await.context("HTTP server task")?;
     result

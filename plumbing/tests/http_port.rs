@@ -25,6 +25,7 @@ async fn server() -> (
         "127.0.0.1:0".parse().unwrap(),
         metrics,
         readiness.clone(),
+        axum::Router::new(),
         shutdown.clone(),
     )
     .await

@@ -144,6 +144,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub log: LogArgs,
+
+    #[command(flatten)]
+    pub admin: plumbing::control::AdminArgs,
 }
 
 /// Operations on the sink's consumer group, for replays. Stop every sink instance first.

@@ -330,6 +330,11 @@ pub struct Held<'a> {
 }
 
 impl PauseGate {
+    /// Whether fetching is paused now, by any holder.
+    pub fn is_held(&self) -> bool {
+        *self.holders.lock().expect("holders lock") > 0
+    }
+
     pub fn new(consumer: std::sync::Arc<SinkConsumer>) -> Self {
         PauseGate {
             consumer,
@@ -380,6 +385,8 @@ pub fn set_paused(consumer: &SinkConsumer, paused: bool) {
 /// offsets here; the broker round trips run on a client of their own, off the pipeline.
 pub struct LagReporter {
     committed: Arc<std::sync::Mutex<HashMap<(String, i32), i64>>>,
+    /// The lag last measured per partition (what `/status` shows).
+    lags: Arc<std::sync::Mutex<HashMap<i32, i64>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -403,7 +410,9 @@ impl LagReporter {
             topic,
         );
         let committed: Arc<std::sync::Mutex<HashMap<(String, i32), i64>>> = Default::default();
+        let lags: Arc<std::sync::Mutex<HashMap<i32, i64>>> = Default::default();
         let offsets = committed.clone();
+        let measured_lags = lags.clone();
         let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Self::INTERVAL);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -416,14 +425,15 @@ impl LagReporter {
                     .map(|(k, v)| (k.clone(), *v))
                     .collect();
                 let client = client.clone();
+                let lags = measured_lags.clone();
                 let measured = tokio::task::spawn_blocking(move || {
                     for ((topic, partition), committed) in now {
                         match client.fetch_watermarks(&topic, partition, Duration::from_secs(2)) {
-                            Ok((_, high)) => crate::events::ConsumerLag {
-                                partition,
-                                lag: (high - committed).max(0),
+                            Ok((_, high)) => {
+                                let lag = (high - committed).max(0);
+                                lags.lock().expect("lags lock").insert(partition, lag);
+                                crate::events::ConsumerLag { partition, lag }.emit()
                             }
-                            .emit(),
                             Err(e) => tracing::debug!(partition, error = %e,
                                 "Could not read watermarks for the lag"),
                         }
@@ -432,7 +442,11 @@ impl LagReporter {
                 let _ = measured.await;
             }
         });
-        Ok(LagReporter { committed, task })
+        Ok(LagReporter {
+            committed,
+            lags,
+            task,
+        })
     }
 
     /// The offset this sink last committed for a partition, if it committed one.
@@ -441,6 +455,15 @@ impl LagReporter {
             .lock()
             .expect("lag offsets lock")
             .get(&(topic.to_string(), partition))
+            .copied()
+    }
+
+    /// The lag last measured for a partition (every [`Self::INTERVAL`]), if measured yet.
+    pub fn last_lag(&self, partition: i32) -> Option<i64> {
+        self.lags
+            .lock()
+            .expect("lags lock")
+            .get(&partition)
             .copied()
     }
 

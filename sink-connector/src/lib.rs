@@ -3,7 +3,8 @@
 //! Stages, one module each, in data-flow order: [`config`] → [`consume`] (consumer group,
 //! batches, commits) → [`decode`] (wire format, registry, validation) → [`batch`] (dedup) →
 //! [`write`] (one transaction per batch) → commit, with poison records going to [`dlq`].
-//! [`migrate`] prepares the database; [`events`] is what the sink tells operators.
+//! [`migrate`] prepares the database; [`events`] is what the sink tells operators; [`control`]
+//! is its control API (status, pause, resume, offsets).
 //!
 //! Delivery: at least once, plus idempotent writes. Offsets move only after the database
 //! transaction (and the dead-letter produce) succeeded; a crash anywhere before replays the batch,
@@ -12,6 +13,7 @@
 pub mod batch;
 pub mod config;
 pub mod consume;
+pub mod control;
 pub mod decode;
 pub mod dlq;
 pub mod events;
@@ -40,6 +42,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ErrorsTolerance};
 use crate::consume::SinkConsumer;
+use crate::control::Control;
 use crate::decode::{DecodeError, Decoder};
 use crate::dlq::DeadLetters;
 use crate::events::{
@@ -65,9 +68,10 @@ struct Sink {
     backoff: Backoff,
     tolerance: ErrorsTolerance,
     retention: Retention,
-    lag: consume::LagReporter,
-    /// Fetching paused while a stage waits for a dependency.
-    pause: consume::PauseGate,
+    lag: std::sync::Arc<consume::LagReporter>,
+    /// Fetching paused while a stage waits for a dependency, or an operator paused the sink.
+    pause: std::sync::Arc<consume::PauseGate>,
+    control: std::sync::Arc<Control>,
     /// Where the batch being written stands: [`NOT_WRITING`], [`WRITING`] or [`WRITE_FAILED`] (then the
     /// sink stops: the position must not be committed past a batch that was not written).
     finishing: std::sync::atomic::AtomicU8,
@@ -77,13 +81,19 @@ struct Sink {
 /// with `SINK_ERRORS_TOLERANCE=none`, or a permanent database error.
 pub async fn run(
     config: Config,
+    control: std::sync::Arc<Control>,
     readiness: Readiness,
     shutdown: CancellationToken,
 ) -> anyhow::Result<bool> {
     let sink = tokio::select! {
-        sink = Sink::start(&config, readiness) => sink?,
+        sink = Sink::start(&config, control, readiness) => sink?,
         _ = shutdown.cancelled() => return Ok(true),
     };
+    sink.control.attach(control::Live {
+        consumer: sink.consumer.clone(),
+        lag: sink.lag.clone(),
+        pause: sink.pause.clone(),
+    });
     let watchers = [
         tokio::spawn(watch_charts(sink.writer.clone(), config.chart_grace)),
         tokio::spawn(keep_history(sink.writer.clone(), config.snapshot_retention)),
@@ -98,7 +108,10 @@ pub async fn run(
              \"Running for months\""
         );
     }
-    let result = pipeline(&sink, &config, &shutdown).await;
+    let result = tokio::select! {
+        r = pipeline(&sink, &config, &shutdown) => r,
+        never = follow_pause_requests(&sink) => match never {},
+    };
     for w in watchers {
         w.abort();
     }
@@ -135,6 +148,18 @@ async fn pipeline(
         }
         finishing.as_mut().take_output().transpose()?;
         pending = preparing.as_mut().take_output().transpose()?;
+    }
+}
+
+/// Holds fetching paused while an operator wants the sink paused (`PUT /pause`); the batch in
+/// flight still finishes and commits.
+async fn follow_pause_requests(sink: &Sink) -> std::convert::Infallible {
+    let mut wanted = sink.control.watch_paused();
+    loop {
+        // The sender lives in `sink.control`: these waits end only on a change.
+        let _ = wanted.wait_for(|paused| *paused).await;
+        let _held = sink.pause.hold();
+        let _ = wanted.wait_for(|paused| !*paused).await;
     }
 }
 
@@ -209,7 +234,11 @@ impl Sink {
     /// Waits for each dependency in turn (with backoff, reporting readiness), then builds the
     /// sink's stages. A TLS handshake PostgreSQL refuses stops it here: DATABASE_URL's TLS
     /// settings do not fit this server, and waiting cannot change that.
-    async fn start(config: &Config, readiness: Readiness) -> anyhow::Result<Sink> {
+    async fn start(
+        config: &Config,
+        control: std::sync::Arc<Control>,
+        readiness: Readiness,
+    ) -> anyhow::Result<Sink> {
         let url = config.database_url()?;
         let writer = Writer::new(&url, config.database_pool_size, config.write_timeout)?;
         let backoff = Backoff::new(config.retry_initial_backoff, config.retry_max_backoff);
@@ -257,7 +286,8 @@ impl Sink {
         .context("creating the dead-letter producer")?;
         let consumer = consume::consumer(&config.kafka, &config.group_id, &config.topic)?;
         Ok(Sink {
-            pause: consume::PauseGate::new(consumer.clone()),
+            pause: std::sync::Arc::new(consume::PauseGate::new(consumer.clone())),
+            control,
             consumer,
             decoder,
             writer,
@@ -266,7 +296,7 @@ impl Sink {
             backoff,
             tolerance: config.errors_tolerance,
             retention: config.snapshot_retention,
-            lag: consume::LagReporter::start(&config.kafka, &config.topic)?,
+            lag: std::sync::Arc::new(consume::LagReporter::start(&config.kafka, &config.topic)?),
             finishing: std::sync::atomic::AtomicU8::new(NOT_WRITING),
         })
     }
@@ -330,6 +360,12 @@ impl Sink {
             WRITING => return true,
             WRITE_FAILED => return false,
             _ => {}
+        }
+        // No batch in flight: the moment an offsets change asked through the control API is
+        // applied, so that no batch commits over it.
+        if let Some(change) = self.control.take_change() {
+            change.apply(&self.control, &self.consumer, &self.lag);
+            return true;
         }
         match consume::commit_positions(&self.consumer, &self.lag) {
             Ok(offsets) if !offsets.is_empty() => {

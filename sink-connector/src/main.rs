@@ -2,6 +2,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use sink_connector::config::{Command, Config};
+use sink_connector::control::Control;
 use sink_connector::redrive::DlqCommand;
 
 #[tokio::main]
@@ -43,13 +44,27 @@ async fn main() -> ExitCode {
             }
         };
     }
+    let token = match config.admin.token() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     let (log, http_addr) = (config.log.clone(), config.http_addr);
+    let admin = plumbing::control::Admin::new("sink", token);
     plumbing::service::run(
         "sink",
         sink_connector::READINESS_CHECKS,
         &log,
         http_addr,
-        |readiness, shutdown| sink_connector::run(config, readiness, shutdown),
+        move |readiness| {
+            let control = Control::new(&config, readiness.clone());
+            (control.router(admin), (control, config))
+        },
+        |(control, config), readiness, shutdown| {
+            sink_connector::run(config, control, readiness, shutdown)
+        },
     )
     .await
 }

@@ -240,17 +240,41 @@ pub fn plan(
     let target = args.target()?;
     let c = consumer(kafka, group)?;
     let partitions = partitions_of(&c, topic, &args.partitions)?;
-    let current = committed(&c, topic, &partitions)?;
-    let state = group_state(&c, group)?;
+    let wanted: Vec<(i32, Target)> = partitions.into_iter().map(|p| (p, target)).collect();
+    let plans = plan_with(&c, topic, &wanted)?;
+    Ok((plans, group_state(&c, group)?))
+}
+
+/// Computes the new offset of each partition named, each with its own target (the control
+/// API's `PATCH /offsets`).
+pub fn plan_each(
+    kafka: &KafkaArgs,
+    group: &str,
+    topic: &str,
+    wanted: &[(i32, Target)],
+) -> anyhow::Result<Vec<PartitionPlan>> {
+    let c = consumer(kafka, group)?;
+    let named: Vec<i32> = wanted.iter().map(|(p, _)| *p).collect();
+    partitions_of(&c, topic, &named)?;
+    plan_with(&c, topic, wanted)
+}
+
+fn plan_with(
+    c: &BaseConsumer,
+    topic: &str,
+    wanted: &[(i32, Target)],
+) -> anyhow::Result<Vec<PartitionPlan>> {
+    let partitions: Vec<i32> = wanted.iter().map(|(p, _)| *p).collect();
+    let current = committed(c, topic, &partitions)?;
     let mut plans = Vec::new();
-    for (p, current) in partitions.into_iter().zip(current) {
+    for ((p, target), current) in wanted.iter().copied().zip(current) {
         let (low, high) = c
             .fetch_watermarks(topic, p, TIMEOUT)
             .with_context(|| format!("reading the watermarks of partition {p}"))?;
-        let wanted = match target {
+        let new = match target {
             Target::Earliest => low,
             Target::Latest => high,
-            Target::Datetime(at) => first_offset_at(&c, topic, p, high, at)?,
+            Target::Datetime(at) => first_offset_at(c, topic, p, high, at)?,
             Target::ShiftBy(n) => current.unwrap_or(low).saturating_add(n),
             Target::Offset(o) => o,
         };
@@ -259,10 +283,38 @@ pub fn plan(
             low,
             high,
             current,
-            new: wanted.clamp(low, high),
+            new: new.clamp(low, high),
         });
     }
-    Ok((plans, state))
+    Ok(plans)
+}
+
+/// The group's committed offset of each partition that has one.
+pub fn group_offsets(
+    kafka: &KafkaArgs,
+    group: &str,
+    topic: &str,
+) -> anyhow::Result<Vec<(i32, i64)>> {
+    let c = consumer(kafka, group)?;
+    let partitions = partitions_of(&c, topic, &[])?;
+    let current = committed(&c, topic, &partitions)?;
+    Ok(partitions
+        .into_iter()
+        .zip(current)
+        .filter_map(|(p, o)| Some((p, o?)))
+        .collect())
+}
+
+/// How many consumers are in the group now.
+pub fn member_count(kafka: &KafkaArgs, group: &str) -> anyhow::Result<usize> {
+    let c = consumer(kafka, group)?;
+    Ok(group_state(&c, group)?.members.len())
+}
+
+/// The topic's partitions.
+pub fn topic_partitions(kafka: &KafkaArgs, topic: &str) -> anyhow::Result<Vec<i32>> {
+    let c = consumer(kafka, "unused")?;
+    partitions_of(&c, topic, &[])
 }
 
 /// The table shown to the operator.

@@ -11,15 +11,6 @@ use apache_avro::types::Value;
 use common::*;
 use plumbing::testing::{unique, Outage, Stack};
 
-async fn count(db: &plumbing::testing::TestDatabase, table: &str) -> i64 {
-    connect(db)
-        .await
-        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
-        .await
-        .unwrap()
-        .get(0)
-}
-
 async fn wait_log(sink: &Sink, needle: &str) {
     let deadline = tokio::time::Instant::now() + WAIT;
     while !sink.logs().contains(needle) {

@@ -122,6 +122,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub log: LogArgs,
+
+    #[command(flatten)]
+    pub admin: plumbing::control::AdminArgs,
 }
 
 /// Where the API key goes in each request.

@@ -2,8 +2,6 @@
 //! log line and updates the metrics together, so the two never disagree. Call sites never touch
 //! `metrics` directly. Metric names are listed in the README ("Metrics").
 
-use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -17,6 +15,8 @@ pub struct ApiCalled<'a> {
     pub region: &'a str,
     /// `None` when no response came back (network error, timeout).
     pub status: Option<u16>,
+    /// The region's units spent on this quota day, this call included.
+    pub units_today: u64,
 }
 
 impl ApiCalled<'_> {
@@ -29,25 +29,9 @@ impl ApiCalled<'_> {
         counter!("source_api_requests_total", "endpoint" => self.endpoint.as_str(), "status" => status)
             .increment(1);
         counter!("source_api_quota_units_total", "region" => self.region.to_string()).increment(1);
-        let today = quota_day(Utc::now());
-        let mut spent = QUOTA_TODAY.lock().expect("quota lock");
-        let entry = spent.entry(self.region.to_string()).or_insert((today, 0));
-        if entry.0 != today {
-            *entry = (today, 0);
-        }
-        entry.1 += 1;
         gauge!("source_api_quota_units_today", "region" => self.region.to_string())
-            .set(entry.1 as f64);
+            .set(self.units_today as f64);
     }
-}
-
-/// Units spent per region on the current quota day (which starts at midnight Pacific time).
-static QUOTA_TODAY: Mutex<BTreeMap<String, (chrono::NaiveDate, u64)>> = Mutex::new(BTreeMap::new());
-
-/// The quota day `at` falls in: YouTube resets quotas at midnight America/Los_Angeles.
-pub fn quota_day(at: DateTime<Utc>) -> chrono::NaiveDate {
-    at.with_timezone(&chrono_tz::America::Los_Angeles)
-        .date_naive()
 }
 
 /// A transient API failure that will be retried.

@@ -5,9 +5,10 @@
 //! TrendingVideo record) → [`produce`] (registry, and one Kafka [`transaction`] per poll holding
 //! its records and its [`state`] record: the last successful poll per region), driven by
 //! [`schedule`] (one loop per region). [`events`] is what it tells operators (logs and metrics
-//! together).
+//! together); [`control`] is its control API (status, pause, resume, poll now).
 
 pub mod config;
+pub mod control;
 pub mod events;
 pub mod produce;
 pub mod quota;
@@ -31,6 +32,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::control::Control;
 use crate::events::{BootRetrying, QuotaPlanned};
 use crate::produce::Publisher;
 use crate::schedule::{first_due, Poller, RegionEnd, RegionLoop};
@@ -46,11 +48,13 @@ pub const FENCED_LINGER: std::time::Duration = std::time::Duration::from_secs(5)
 /// Returns whether every region succeeded (meaningful with `--once`).
 pub async fn run(
     config: Config,
+    control: Arc<Control>,
+    quota: Arc<quota::QuotaMeter>,
     readiness: Readiness,
     shutdown: CancellationToken,
 ) -> anyhow::Result<bool> {
     let key = config.api_key()?;
-    let client = youtube::Client::new(&config, key).context("building the HTTP client")?;
+    let client = youtube::Client::new(&config, key, quota).context("building the HTTP client")?;
     let transactions = Transactions::new(
         &config.kafka,
         &config.transactional_id(),
@@ -133,7 +137,7 @@ pub async fn run(
             let due = if config.once {
                 now
             } else {
-                first_due(last.get(region), interval, now)
+                first_due(last.regions.get(region), interval, now)
             };
             (region, due)
         })
@@ -153,6 +157,10 @@ pub async fn run(
         config.produce_timeout,
     );
     let poller = Arc::new(Poller::new(client, publisher, readiness.clone()));
+    control.started(last.target, &last.regions);
+    if last.target == state::TargetState::Paused {
+        tracing::warn!("Paused (the state topic says so): no poll starts until PUT /resume");
+    }
     // Cancelled at shutdown, or when the source is fenced (every region stops).
     let stop = shutdown.child_token();
     let mut tasks = JoinSet::new();
@@ -164,8 +172,14 @@ pub async fn run(
             once: config.once,
             shutdown_grace: config.shutdown_grace,
         };
-        tasks.spawn(region_loop.run(poller.clone(), due, stop.clone()));
+        tasks.spawn(region_loop.run(poller.clone(), control.clone(), due, stop.clone()));
     }
+    let recorder = tokio::spawn(record_target_state(
+        poller.clone(),
+        control.clone(),
+        last.target,
+        backoff,
+    ));
     let mut all_ok = true;
     let mut fenced = false;
     while let Some(end) = tasks.join_next().await {
@@ -176,6 +190,7 @@ pub async fn run(
         }
         all_ok &= end == RegionEnd::Done;
     }
+    recorder.abort();
     if fenced {
         // Failing /readyz for a moment before exiting, so that a probe or a scrape sees why the
         // process is gone; the error itself is logged once, as the connector stops on it.
@@ -197,6 +212,44 @@ pub async fn run(
         shutdown.cancelled().await;
     }
     Ok(true)
+}
+
+/// Records each change of the target state (`PUT /pause`, `PUT /resume`) in the state topic, so
+/// that a restarted source keeps it; retried until recorded or superseded by the next change.
+async fn record_target_state(
+    poller: Arc<Poller>,
+    control: Arc<Control>,
+    mut recorded: state::TargetState,
+    backoff: Backoff,
+) {
+    let mut wanted = control.watch_target();
+    let mut attempt = 0;
+    loop {
+        let target = *wanted.borrow_and_update();
+        if target == recorded {
+            attempt = 0;
+            if wanted.changed().await.is_err() {
+                return;
+            }
+            continue;
+        }
+        match poller.publisher.save_target(target).await {
+            Ok(()) => {
+                tracing::info!(state = ?target, "Target state recorded in the state topic");
+                recorded = target;
+            }
+            Err(e) => {
+                let delay = backoff.delay(attempt);
+                attempt += 1;
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64,
+                    "Recording the target state failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = wanted.changed() => {}
+                }
+            }
+        }
+    }
 }
 
 /// Retries a start-up step until it succeeds or fails for good, with backoff, reporting

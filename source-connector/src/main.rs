@@ -2,6 +2,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use source_connector::config::Config;
+use source_connector::control::Control;
+use source_connector::quota::QuotaMeter;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -12,13 +14,28 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let token = match config.admin.token() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     let (log, http_addr) = (config.log.clone(), config.http_addr);
+    let admin = plumbing::control::Admin::new("source", token);
     plumbing::service::run(
         "source",
         source_connector::READINESS_CHECKS,
         &log,
         http_addr,
-        |readiness, shutdown| source_connector::run(config, readiness, shutdown),
+        move |readiness| {
+            let quota = std::sync::Arc::new(QuotaMeter::default());
+            let control = Control::new(&config, readiness.clone(), quota.clone());
+            (control.router(admin), (control, quota, config))
+        },
+        |(control, quota, config), readiness, shutdown| {
+            source_connector::run(config, control, quota, readiness, shutdown)
+        },
     )
     .await
 }

@@ -163,6 +163,17 @@ impl Publisher {
             })
             .await
     }
+
+    /// Records what an operator asked the source to be, in a transaction of its own.
+    pub async fn save_target(&self, target: state::TargetState) -> Result<(), ProduceError> {
+        self.transactions
+            .run(async |producer| {
+                state::save_target(producer, &self.state_topic, target, self.timeout)
+                    .await
+                    .map_err(ProduceError::State)
+            })
+            .await
+    }
 }
 
 #[cfg(test)]

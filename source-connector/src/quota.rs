@@ -6,7 +6,11 @@
 //! pages (200 videos); its categories are read once a day (cached for 24 h). The plan counts
 //! the worst case (full charts); retries come on top, which the margin of `auto` leaves room for.
 
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::time::Duration;
+
+use chrono::{DateTime, Utc};
 
 /// Pages of `videos.list` per poll at most: 200 videos, 50 per page.
 pub const PAGES_PER_POLL: u64 = 4;
@@ -15,6 +19,54 @@ pub const CATEGORY_CALLS_PER_DAY: u64 = 1;
 /// `POLL_INTERVAL=auto` plans for this share of the quota, leaving the rest for retries.
 pub const AUTO_SHARE: f64 = 0.9;
 const DAY_SECS: u64 = 86_400;
+
+/// Units spent per region on the current quota day, counted by the API client (each call costs
+/// 1 unit, even when it fails) and read by `/status` and the poll-now refusal.
+#[derive(Debug, Default)]
+pub struct QuotaMeter {
+    spent: Mutex<BTreeMap<String, (chrono::NaiveDate, u64)>>,
+}
+
+impl QuotaMeter {
+    /// Counts one call for `region`; returns the region's units spent today.
+    pub fn spend(&self, region: &str, at: DateTime<Utc>) -> u64 {
+        let today = quota_day(at);
+        let mut spent = self.spent.lock().expect("quota lock");
+        let entry = spent.entry(region.to_string()).or_insert((today, 0));
+        if entry.0 != today {
+            *entry = (today, 0);
+        }
+        entry.1 += 1;
+        entry.1
+    }
+
+    /// Units `region` spent on the quota day of `at`.
+    pub fn spent(&self, region: &str, at: DateTime<Utc>) -> u64 {
+        let today = quota_day(at);
+        match self.spent.lock().expect("quota lock").get(region) {
+            Some((day, units)) if *day == today => *units,
+            _ => 0,
+        }
+    }
+
+    /// Units every region spent on the quota day of `at`.
+    pub fn spent_by_all(&self, at: DateTime<Utc>) -> u64 {
+        let today = quota_day(at);
+        self.spent
+            .lock()
+            .expect("quota lock")
+            .values()
+            .filter(|(day, _)| *day == today)
+            .map(|(_, units)| units)
+            .sum()
+    }
+}
+
+/// The quota day `at` falls in: YouTube resets quotas at midnight America/Los_Angeles.
+pub fn quota_day(at: DateTime<Utc>) -> chrono::NaiveDate {
+    at.with_timezone(&chrono_tz::America::Los_Angeles)
+        .date_naive()
+}
 
 /// The configured interval: a duration, or `auto` (the shortest that fits the quota).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

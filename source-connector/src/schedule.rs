@@ -18,10 +18,11 @@ use plumbing::backoff::Backoff;
 use plumbing::readiness::Readiness;
 use tokio_util::sync::CancellationToken;
 
+use crate::control::{Control, RegionPhase};
 use crate::events::{NextStep, PollCompleted, PollFailed, StateFromTheFuture};
 use crate::produce::{ProduceError, Publisher};
 use crate::record::chart_records;
-use crate::state::RegionState;
+use crate::state::{RegionState, TargetState};
 use crate::youtube::{ApiError, Client};
 
 /// Categories are refetched once a day per region.
@@ -208,23 +209,46 @@ pub struct RegionLoop {
 }
 
 impl RegionLoop {
+    /// Polls the region until shutdown, a parked region or (with `--once`) its one poll. An
+    /// operator's pause holds the next poll back; a poll asked for through the control API
+    /// starts at once.
     pub async fn run(
         self,
         poller: Arc<Poller>,
+        control: Arc<Control>,
         mut due: DateTime<Utc>,
         shutdown: CancellationToken,
     ) -> RegionEnd {
         let region = self.region.as_str();
+        let mut target = control.watch_target();
+        let asked = control.poll_requests(region);
+        let mut waiting = RegionPhase::Scheduled;
         let mut failures = 0u32;
         loop {
             let wait = (due - Utc::now()).to_std().unwrap_or_default();
             if !wait.is_zero() {
                 tracing::info!(region, next_poll_at = %due, "Next poll scheduled");
             }
+            control.region(region, |s| {
+                s.state = waiting;
+                s.next_poll_at = Some(due);
+            });
             tokio::select! {
-                _ = shutdown.cancelled() => return RegionEnd::Done,
+                _ = shutdown.cancelled() => return self.stopped(&control, RegionEnd::Done),
                 _ = tokio::time::sleep(wait) => {}
+                _ = asked.notified() => tracing::info!(region, "Polling now, as asked"),
             }
+            // `--once` polls whatever the target state: it is a one-off run an operator started.
+            if !self.once && *target.borrow() == TargetState::Paused {
+                tracing::info!(region, "Paused: no poll starts until resumed");
+                control.region(region, |s| s.state = RegionPhase::Paused);
+                tokio::select! {
+                    _ = shutdown.cancelled() => return self.stopped(&control, RegionEnd::Done),
+                    _ = target.wait_for(|t| *t != TargetState::Paused) => {}
+                }
+                tracing::info!(region, "Resumed");
+            }
+            control.region(region, |s| s.state = RegionPhase::Polling);
             let fetched_at = Utc::now();
             let poll = poller.poll(region, fetched_at);
             tokio::pin!(poll);
@@ -238,16 +262,22 @@ impl RegionLoop {
                         Err(_) => {
                             tracing::warn!(region,
                                 "Shutdown: poll abandoned; it is redone whole after restart");
-                            return RegionEnd::Done;
+                            return self.stopped(&control, RegionEnd::Done);
                         }
                     }
                 }
             };
             match result {
-                Ok(_) => {
+                Ok(videos) => {
                     failures = 0;
+                    waiting = RegionPhase::Scheduled;
+                    control.region(region, |s| {
+                        s.last_success_at = Some(fetched_at);
+                        s.last_success_videos = Some(videos);
+                        s.last_error = None;
+                    });
                     if self.once || shutdown.is_cancelled() {
-                        return RegionEnd::Done;
+                        return self.stopped(&control, RegionEnd::Done);
                     }
                     due =
                         fetched_at + chrono::Duration::from_std(self.interval).unwrap_or_default();
@@ -262,20 +292,39 @@ impl RegionLoop {
                         next,
                     }
                     .emit();
+                    control.region(region, |s| {
+                        s.last_error = Some(format!("{}: {e}", e.kind()))
+                    });
+                    waiting = RegionPhase::Scheduled;
                     match next {
                         NextStep::RetryIn(d) => {
                             due = Utc::now() + chrono::Duration::from_std(d).unwrap_or_default()
                         }
-                        NextStep::WaitForQuotaReset(at) => due = at,
-                        NextStep::Parked | NextStep::GiveUp => return RegionEnd::Failed,
-                        NextStep::Stop => return RegionEnd::Fenced,
+                        NextStep::WaitForQuotaReset(at) => {
+                            due = at;
+                            waiting = RegionPhase::WaitingForQuota;
+                        }
+                        NextStep::Parked => {
+                            control.region(region, |s| s.state = RegionPhase::Parked);
+                            return RegionEnd::Failed;
+                        }
+                        NextStep::GiveUp => return self.stopped(&control, RegionEnd::Failed),
+                        NextStep::Stop => return self.stopped(&control, RegionEnd::Fenced),
                     }
                     if shutdown.is_cancelled() {
-                        return RegionEnd::Done;
+                        return self.stopped(&control, RegionEnd::Done);
                     }
                 }
             }
         }
+    }
+
+    fn stopped(&self, control: &Control, end: RegionEnd) -> RegionEnd {
+        control.region(&self.region, |s| {
+            s.state = RegionPhase::Stopped;
+            s.next_poll_at = None;
+        });
+        end
     }
 }
 

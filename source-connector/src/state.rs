@@ -3,6 +3,9 @@
 //! value = JSON `{"region":"FR","last_success_at":"…","videos":200}`, readable with any Kafka
 //! tool. Written in the poll's own transaction, so it is visible exactly when the poll's records
 //! are, and a poll that did not complete is redone after a restart.
+//!
+//! The same topic keeps the connector's target state (`PUT /pause`, `PUT /resume`), as Kafka
+//! Connect keeps it in its config topic: key [`TARGET_STATE_KEY`], value `{"state":"PAUSED"}`.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -23,8 +26,32 @@ pub struct RegionState {
     pub videos: usize,
 }
 
-/// Reads the whole state topic (one partition) up to its end; the last value per region wins.
-pub async fn load(kafka: &KafkaArgs, topic: &str) -> anyhow::Result<HashMap<String, RegionState>> {
+/// The key of the target-state record (region codes are two letters: no clash).
+pub const TARGET_STATE_KEY: &str = "target-state";
+
+/// What an operator asked the source to be: polling or paused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum TargetState {
+    #[default]
+    Started,
+    Paused,
+}
+
+#[derive(Serialize, Deserialize)]
+struct TargetRecord {
+    state: TargetState,
+}
+
+/// What the state topic holds: each region's last success, and the target state.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub regions: HashMap<String, RegionState>,
+    pub target: TargetState,
+}
+
+/// Reads the whole state topic (one partition) up to its end; the last value per key wins.
+pub async fn load(kafka: &KafkaArgs, topic: &str) -> anyhow::Result<Loaded> {
     let kafka = kafka.clone();
     let topic = topic.to_string();
     tokio::task::spawn_blocking(move || load_blocking(&kafka, &topic))
@@ -32,7 +59,7 @@ pub async fn load(kafka: &KafkaArgs, topic: &str) -> anyhow::Result<HashMap<Stri
         .context("state loader panicked")?
 }
 
-fn load_blocking(kafka: &KafkaArgs, topic: &str) -> anyhow::Result<HashMap<String, RegionState>> {
+fn load_blocking(kafka: &KafkaArgs, topic: &str) -> anyhow::Result<Loaded> {
     const TIMEOUT: Duration = Duration::from_secs(15);
     // No group: this reader owns no offsets, it reads everything each start. Committed
     // transactions only, and told when it reaches the end: the topic's last offset is a
@@ -49,7 +76,7 @@ fn load_blocking(kafka: &KafkaArgs, topic: &str) -> anyhow::Result<HashMap<Strin
     let (low, high) = consumer
         .fetch_watermarks(topic, 0, TIMEOUT)
         .with_context(|| format!("reading the watermarks of the state topic `{topic}`"))?;
-    let mut state = HashMap::new();
+    let mut state = Loaded::default();
     if high <= low {
         return Ok(state);
     }
@@ -68,10 +95,21 @@ fn load_blocking(kafka: &KafkaArgs, topic: &str) -> anyhow::Result<HashMap<Strin
             Some(Err(KafkaError::PartitionEOF(_))) => return Ok(state),
             Some(m) => m.with_context(|| format!("reading the state topic `{topic}`"))?,
         };
-        if let Some(value) = message.payload() {
+        let Some(value) = message.payload() else {
+            continue;
+        };
+        if message.key() == Some(TARGET_STATE_KEY.as_bytes()) {
+            match serde_json::from_slice::<TargetRecord>(value) {
+                Ok(t) => state.target = t.state,
+                Err(e) => tracing::warn!(offset = message.offset(), error = %e,
+                    "Ignoring an unreadable target state in the state topic"),
+            }
+            continue;
+        }
+        {
             match serde_json::from_slice::<RegionState>(value) {
                 Ok(s) => {
-                    state.insert(s.region.clone(), s);
+                    state.regions.insert(s.region.clone(), s);
                 }
                 Err(e) => tracing::warn!(offset = message.offset(), error = %e,
                     "Ignoring an unreadable record of the state topic"),
@@ -97,5 +135,26 @@ pub async fn save(
         .await
         .map_err(|(e, _)| e)
         .with_context(|| format!("saving the schedule state to `{topic}`"))?;
+    Ok(())
+}
+
+/// Records the target state (inside a transaction of its own) and waits for the broker.
+pub async fn save_target(
+    producer: &FutureProducer,
+    topic: &str,
+    target: TargetState,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let value = serde_json::to_vec(&TargetRecord { state: target })?;
+    producer
+        .send(
+            FutureRecord::to(topic)
+                .key(TARGET_STATE_KEY)
+                .payload(&value),
+            timeout,
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .with_context(|| format!("saving the target state to `{topic}`"))?;
     Ok(())
 }

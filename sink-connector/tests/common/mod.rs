@@ -247,6 +247,16 @@ pub async fn connect(db: &TestDatabase) -> tokio_postgres::Client {
 }
 
 /// The three tables as text, in key order: what "the same tables" means.
+/// Rows in `table`.
+pub async fn count(db: &TestDatabase, table: &str) -> i64 {
+    connect(db)
+        .await
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
 pub async fn dump(db: &TestDatabase) -> (Vec<String>, Vec<String>, Vec<String>) {
     let c = connect(db).await;
     let rows = |q: &'static str| {

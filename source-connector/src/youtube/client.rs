@@ -42,10 +42,15 @@ pub struct Client {
     key_in: KeyPlacement,
     backoff: Backoff,
     max_attempts: u32,
+    quota: std::sync::Arc<crate::quota::QuotaMeter>,
 }
 
 impl Client {
-    pub fn new(config: &Config, key: SecretString) -> anyhow::Result<Self> {
+    pub fn new(
+        config: &Config,
+        key: SecretString,
+        quota: std::sync::Arc<crate::quota::QuotaMeter>,
+    ) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .timeout(config.api_timeout)
             // The API never redirects, and reqwest would carry `x-goog-api-key` to whatever
@@ -63,6 +68,7 @@ impl Client {
             key_in: config.api_key_in,
             backoff: Backoff::new(config.retry_initial_backoff, config.retry_max_backoff),
             max_attempts: config.api_max_attempts,
+            quota,
         })
     }
 
@@ -193,6 +199,7 @@ impl Client {
             endpoint,
             region,
             status: sent.as_ref().ok().map(|r| r.status().as_u16()),
+            units_today: self.quota.spend(region, chrono::Utc::now()),
         }
         .emit();
         let response = sent.map_err(network)?;

@@ -1,0 +1,464 @@
+//! The sink's control API, on the HTTP port beside `/metrics` (shapes after Kafka Connect's REST
+//! API and KIP-875; written down in `openapi.yaml`):
+//!
+//! - `GET /status`: state (`UNASSIGNED` while starting, `RUNNING`, `PAUSED`), the failing
+//!   dependencies, and each assigned partition (committed offset, lag, paused);
+//! - `PUT /pause`, `PUT /resume`: fetching stops (the batch in flight is written and committed)
+//!   or starts again. A pause lives as long as the process: a restarted sink runs;
+//! - `GET /offsets`: the group's committed offsets;
+//! - `PATCH /offsets`, `DELETE /offsets`: new committed offsets (or back to each partition's
+//!   start), through the same planner as `reset-offsets` (clamped to what the partition holds).
+//!   Only while this sink is paused and alone in its group (409 otherwise); applied by the
+//!   pipeline itself between batches, so no batch in flight commits over them.
+//!
+//! Mutating calls need the admin token (see `plumbing::control`).
+
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, put};
+use axum::{Json, Router};
+use plumbing::control::{require_token, Admin, ApiError};
+use plumbing::kafka::KafkaArgs;
+use plumbing::readiness::Readiness;
+use rdkafka::consumer::Consumer;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{oneshot, watch};
+
+use crate::consume::{LagReporter, PauseGate, SinkConsumer};
+use crate::replay::{self, PartitionPlan, Target};
+
+/// How long a `PATCH`/`DELETE /offsets` waits for the pipeline to be between batches.
+const APPLY_WAIT: Duration = Duration::from_secs(30);
+
+/// What the routes and the pipeline share.
+pub struct Control {
+    name: String,
+    worker_id: String,
+    kafka: KafkaArgs,
+    topic: String,
+    group: String,
+    readiness: Readiness,
+    paused: watch::Sender<bool>,
+    /// Set once the sink has started.
+    live: OnceLock<Live>,
+    /// An offsets change waiting for the pipeline's next quiet moment.
+    change: Mutex<Option<OffsetsChange>>,
+}
+
+/// The running sink's parts `/status` reads.
+pub struct Live {
+    pub consumer: Arc<SinkConsumer>,
+    pub lag: Arc<LagReporter>,
+    pub pause: Arc<PauseGate>,
+}
+
+/// New offsets for some partitions, and where to answer.
+pub struct OffsetsChange {
+    wanted: Vec<(i32, Target)>,
+    reply: oneshot::Sender<Result<Vec<PartitionPlan>, ApiError>>,
+}
+
+impl Control {
+    pub fn new(config: &crate::config::Config, readiness: Readiness) -> Arc<Control> {
+        Arc::new(Control {
+            name: "sink-connector".into(),
+            worker_id: config.http_addr.to_string(),
+            kafka: config.kafka.clone(),
+            topic: config.topic.clone(),
+            group: config.group_id.clone(),
+            readiness,
+            paused: watch::Sender::new(false),
+            live: OnceLock::new(),
+            change: Mutex::new(None),
+        })
+    }
+
+    /// The control routes, mutating ones behind the admin token.
+    pub fn router(self: &Arc<Self>, admin: Admin) -> Router {
+        Router::new()
+            .route("/status", get(status))
+            .route("/pause", put(pause))
+            .route("/resume", put(resume))
+            .route(
+                "/offsets",
+                get(offsets).patch(alter_offsets).delete(reset_offsets),
+            )
+            .route_layer(axum::middleware::from_fn_with_state(admin, require_token))
+            .with_state(self.clone())
+    }
+
+    pub fn attach(&self, live: Live) {
+        let _ = self.live.set(live);
+    }
+
+    /// Whether an operator paused the sink; changes are seen through [`Self::watch_paused`].
+    pub fn watch_paused(&self) -> watch::Receiver<bool> {
+        self.paused.subscribe()
+    }
+
+    /// The offsets change waiting, if any: taken by the pipeline when no batch is in flight.
+    pub fn take_change(&self) -> Option<OffsetsChange> {
+        self.change.lock().expect("change lock").take()
+    }
+}
+
+impl OffsetsChange {
+    /// Plans the change and applies it with the sink's own consumer (it owns every partition:
+    /// it is alone in the group): commits the new offsets, and moves the fetch positions there
+    /// so that resuming reads from them.
+    pub fn apply(self, control: &Control, consumer: &SinkConsumer, lag: &LagReporter) {
+        let result = (|| {
+            let plans =
+                replay::plan_each(&control.kafka, &control.group, &control.topic, &self.wanted)
+                    .map_err(|e| {
+                        let text = format!("{e:#}");
+                        if text.contains("has no partition") {
+                            ApiError::bad_request(text)
+                        } else {
+                            unavailable(text)
+                        }
+                    })?;
+            let mut tpl = rdkafka::TopicPartitionList::new();
+            for p in &plans {
+                tpl.add_partition_offset(
+                    &control.topic,
+                    p.partition,
+                    rdkafka::Offset::Offset(p.new),
+                )
+                .map_err(|e| unavailable(e.to_string()))?;
+            }
+            consumer
+                .commit(&tpl, rdkafka::consumer::CommitMode::Sync)
+                .map_err(|e| unavailable(format!("committing the new offsets: {e}")))?;
+            drop(tpl);
+            let committed: Vec<(String, i32, i64)> = plans
+                .iter()
+                .map(|p| (control.topic.clone(), p.partition, p.new))
+                .collect();
+            lag.committed(&committed);
+            for p in &plans {
+                if let Err(e) = consumer.seek(
+                    &control.topic,
+                    p.partition,
+                    rdkafka::Offset::Offset(p.new),
+                    Duration::from_secs(10),
+                ) {
+                    // Committed anyway: a sink restarted now reads from the new offsets.
+                    tracing::warn!(partition = p.partition, error = %e,
+                        "Offsets changed: could not move the fetch position; restart the sink to read from the new offsets");
+                }
+            }
+            tracing::info!(offsets = ?committed, "Offsets changed through the control API");
+            Ok(plans)
+        })();
+        let _ = self.reply.send(result);
+    }
+}
+
+fn unavailable(message: String) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("Kafka did not do what was asked: {message}"),
+    )
+}
+
+#[derive(Serialize)]
+struct Status {
+    name: String,
+    r#type: &'static str,
+    connector: ConnectorState,
+    topic: String,
+    group: String,
+    /// Pausing lasts as long as the process.
+    pause_survives_restart: bool,
+    failing: Vec<Failing>,
+    partitions: Vec<PartitionStatus>,
+}
+
+#[derive(Serialize)]
+struct ConnectorState {
+    state: &'static str,
+    worker_id: String,
+    /// The failing dependencies' errors, one per line; absent when all answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trace: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Failing {
+    dependency: String,
+    error: String,
+}
+
+#[derive(Serialize)]
+struct PartitionStatus {
+    partition: i32,
+    committed_offset: Option<i64>,
+    lag: Option<i64>,
+    paused: bool,
+}
+
+async fn status(State(control): State<Arc<Control>>) -> Json<Status> {
+    let failing: Vec<Failing> = match control.readiness.status() {
+        Ok(()) => Vec::new(),
+        Err(failing) => failing
+            .into_iter()
+            .map(|(dependency, error)| Failing {
+                dependency: dependency.to_string(),
+                error,
+            })
+            .collect(),
+    };
+    let trace = (!failing.is_empty()).then(|| {
+        failing
+            .iter()
+            .map(|f| format!("{}: {}", f.dependency, f.error))
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
+    let paused = *control.paused.borrow();
+    let (state, partitions) = match control.live.get() {
+        None => ("UNASSIGNED", Vec::new()),
+        Some(live) => {
+            let held = live.pause.is_held();
+            let mut partitions: Vec<PartitionStatus> = live
+                .consumer
+                .assignment()
+                .map(|a| {
+                    a.elements()
+                        .iter()
+                        .map(|e| PartitionStatus {
+                            partition: e.partition(),
+                            committed_offset: live.lag.last_committed(e.topic(), e.partition()),
+                            lag: live.lag.last_lag(e.partition()),
+                            paused: held,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            partitions.sort_by_key(|p| p.partition);
+            (if paused { "PAUSED" } else { "RUNNING" }, partitions)
+        }
+    };
+    Json(Status {
+        name: control.name.clone(),
+        r#type: "sink",
+        connector: ConnectorState {
+            state,
+            worker_id: control.worker_id.clone(),
+            trace,
+        },
+        topic: control.topic.clone(),
+        group: control.group.clone(),
+        pause_survives_restart: false,
+        failing,
+        partitions,
+    })
+}
+
+#[derive(Serialize)]
+struct StateChange {
+    state: &'static str,
+}
+
+async fn pause(State(control): State<Arc<Control>>) -> (StatusCode, Json<StateChange>) {
+    if !control.paused.send_replace(true) {
+        tracing::info!(
+            "Paused through the control API: fetching stops once the batch in flight is committed"
+        );
+    }
+    (StatusCode::ACCEPTED, Json(StateChange { state: "PAUSED" }))
+}
+
+async fn resume(State(control): State<Arc<Control>>) -> (StatusCode, Json<StateChange>) {
+    if control.paused.send_replace(false) {
+        tracing::info!("Resumed through the control API");
+    }
+    (StatusCode::ACCEPTED, Json(StateChange { state: "RUNNING" }))
+}
+
+/// KIP-875's shape for a sink connector's offsets.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Offsets {
+    offsets: Vec<PartitionOffset>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PartitionOffset {
+    partition: KafkaPartition,
+    /// `null` in a PATCH: back to the partition's start.
+    offset: Option<KafkaOffset>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KafkaPartition {
+    kafka_topic: String,
+    kafka_partition: i32,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KafkaOffset {
+    kafka_offset: i64,
+}
+
+async fn offsets(State(control): State<Arc<Control>>) -> Result<Json<Offsets>, ApiError> {
+    let c = control.clone();
+    let committed =
+        tokio::task::spawn_blocking(move || replay::group_offsets(&c.kafka, &c.group, &c.topic))
+            .await
+            .map_err(|e| unavailable(e.to_string()))?
+            .map_err(|e| unavailable(format!("{e:#}")))?;
+    Ok(Json(Offsets {
+        offsets: committed
+            .into_iter()
+            .map(|(partition, offset)| PartitionOffset {
+                partition: KafkaPartition {
+                    kafka_topic: control.topic.clone(),
+                    kafka_partition: partition,
+                },
+                offset: Some(KafkaOffset {
+                    kafka_offset: offset,
+                }),
+            })
+            .collect(),
+    }))
+}
+
+#[derive(Serialize)]
+struct Altered {
+    message: String,
+    partitions: Vec<PlannedPartition>,
+}
+
+#[derive(Serialize)]
+struct PlannedPartition {
+    partition: i32,
+    previous_offset: Option<i64>,
+    offset: i64,
+    low: i64,
+    high: i64,
+}
+
+async fn alter_offsets(
+    State(control): State<Arc<Control>>,
+    body: Result<Json<Offsets>, JsonRejection>,
+) -> Result<Json<Altered>, ApiError> {
+    let Json(body) = body?;
+    if body.offsets.is_empty() {
+        return Err(ApiError::bad_request(
+            "no offsets given: {\"offsets\": [{\"partition\": {\"kafka_topic\": ..., \"kafka_partition\": 0}, \"offset\": {\"kafka_offset\": 0}}]}",
+        ));
+    }
+    let mut wanted = Vec::new();
+    for o in &body.offsets {
+        if o.partition.kafka_topic != control.topic {
+            return Err(ApiError::bad_request(format!(
+                "this sink reads `{}`, not `{}`",
+                control.topic, o.partition.kafka_topic
+            )));
+        }
+        let target = match &o.offset {
+            None => Target::Earliest,
+            Some(KafkaOffset { kafka_offset }) if *kafka_offset < 0 => {
+                return Err(ApiError::bad_request(format!(
+                    "offset {kafka_offset} for partition {}: offsets are 0 or more",
+                    o.partition.kafka_partition
+                )))
+            }
+            Some(KafkaOffset { kafka_offset }) => Target::Offset(*kafka_offset),
+        };
+        if wanted
+            .iter()
+            .any(|(p, _)| *p == o.partition.kafka_partition)
+        {
+            return Err(ApiError::bad_request(format!(
+                "partition {} is given twice",
+                o.partition.kafka_partition
+            )));
+        }
+        wanted.push((o.partition.kafka_partition, target));
+    }
+    change_offsets(&control, wanted).await
+}
+
+async fn reset_offsets(State(control): State<Arc<Control>>) -> Result<Json<Altered>, ApiError> {
+    change_offsets(&control, Vec::new()).await
+}
+
+/// Hands the change to the pipeline once the conditions hold, and waits for its outcome.
+/// `wanted` empty: every partition back to its start.
+async fn change_offsets(
+    control: &Arc<Control>,
+    mut wanted: Vec<(i32, Target)>,
+) -> Result<Json<Altered>, ApiError> {
+    if control.live.get().is_none() {
+        return Err(ApiError::conflict(
+            "the sink is still starting: try again once GET /status says PAUSED",
+        ));
+    }
+    if !*control.paused.borrow() {
+        return Err(ApiError::conflict(
+            "the sink is running: pause it first (PUT /pause), change the offsets, then PUT /resume",
+        ));
+    }
+    let c = control.clone();
+    let members = tokio::task::spawn_blocking(move || replay::member_count(&c.kafka, &c.group))
+        .await
+        .map_err(|e| unavailable(e.to_string()))?
+        .map_err(|e| unavailable(format!("{e:#}")))?;
+    if members > 1 {
+        return Err(ApiError::conflict(format!(
+            "group `{}` has {members} members: stop the other sink instances (see \
+             `sink-connector describe-group`), then try again",
+            control.group
+        )));
+    }
+    if wanted.is_empty() {
+        let c = control.clone();
+        let all = tokio::task::spawn_blocking(move || replay::topic_partitions(&c.kafka, &c.topic))
+            .await
+            .map_err(|e| unavailable(e.to_string()))?
+            .map_err(|e| unavailable(format!("{e:#}")))?;
+        wanted = all.into_iter().map(|p| (p, Target::Earliest)).collect();
+    }
+    let (reply, answer) = oneshot::channel();
+    {
+        let mut slot = control.change.lock().expect("change lock");
+        if slot.is_some() {
+            return Err(ApiError::conflict("another offsets change is under way"));
+        }
+        *slot = Some(OffsetsChange { wanted, reply });
+    }
+    let plans = match tokio::time::timeout(APPLY_WAIT, answer).await {
+        Ok(Ok(result)) => result?,
+        _ => {
+            control.change.lock().expect("change lock").take();
+            return Err(ApiError::conflict(
+                "the sink did not reach a quiet moment between batches in 30 s: try again",
+            ));
+        }
+    };
+    Ok(Json(Altered {
+        message: "The offsets for this connector have been altered successfully; PUT /resume \
+                  to read from them"
+            .into(),
+        partitions: plans
+            .into_iter()
+            .map(|p| PlannedPartition {
+                partition: p.partition,
+                previous_offset: p.current,
+                offset: p.new,
+                low: p.low,
+                high: p.high,
+            })
+            .collect(),
+    }))
+}
