@@ -13,7 +13,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use schema_registry_converter::async_impl::avro::AvroDecoder;
 use schema_registry_converter::async_impl::schema_registry::SrSettings;
 use schemas::TrendingVideo;
-use serde_json::Value;
+use serde_json::{json, Value};
 use source_connector::standin::{self, Fault, StandIn};
 use tokio::process::{Child, Command};
 
@@ -1402,4 +1402,149 @@ async fn a_registry_refusing_the_schema_as_incompatible_stops_the_source_at_star
     );
     assert_eq!(api.video_requests(), 0, "no poll without a schema");
     source.assert_key_not_logged();
+}
+
+const ADMIN_TOKEN: &str = "source-admin-token-9d3e";
+
+/// Status and JSON body of a control API call, with the admin token if `token`.
+async fn control(
+    source: &Source,
+    method: reqwest::Method,
+    path: &str,
+    token: bool,
+) -> (u16, Value) {
+    let mut request = reqwest::Client::new()
+        .request(method, format!("http://{}{path}", source.http_addr().await));
+    if token {
+        request = request.bearer_auth(ADMIN_TOKEN);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}")),
+    )
+}
+
+async fn wait_polls(source: &Source, n: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while source.logs().matches("\"Poll published\"").count() < n {
+        assert!(tokio::time::Instant::now() < deadline, "{}", source.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_control_api_polls_now_and_a_pause_outlives_a_restart() {
+    let stack = Stack::from_env().unwrap();
+    let api = StandIn::start().await;
+    api.set_chart("FR", 50);
+    api.set_chart("US", 40);
+    let topic = unique("test-");
+    let env = [
+        ("POLL_INTERVAL", "1h"),
+        ("YOUTUBE_REGIONS", "FR,US"),
+        ("ADMIN_TOKEN", ADMIN_TOKEN),
+    ];
+    let mut first = Source::spawn(&stack, &api, &topic, &env);
+    wait_polls(&first, 2).await;
+    let (code, s) = control(&first, reqwest::Method::GET, "/status", false).await;
+    assert_eq!(
+        (code, &s["connector"]["state"]),
+        (200, &json!("RUNNING")),
+        "{s}"
+    );
+    let regions = s["regions"].as_array().unwrap();
+    assert_eq!(regions.len(), 2, "{s}");
+    for r in regions {
+        assert_eq!(r["state"], "SCHEDULED", "{s}");
+        assert!(r["last_success_at"].is_string(), "{s}");
+        // One categories call and one page of the chart.
+        assert_eq!(r["quota_units_today"], 2, "{s}");
+        assert!(r["last_error"].is_null(), "{s}");
+    }
+    assert_eq!(s["quota"]["units_spent_today"], 4, "{s}");
+
+    // Poll now: refused for a region the source does not poll, and without the token.
+    let (code, body) = control(&first, reqwest::Method::POST, "/regions/XX/poll", true).await;
+    assert_eq!((code, &body["error_code"]), (404, &json!(404)), "{body}");
+    let (code, _) = control(&first, reqwest::Method::POST, "/regions/FR/poll", false).await;
+    assert_eq!(code, 401);
+    let (code, body) = control(&first, reqwest::Method::POST, "/regions/FR/poll", true).await;
+    assert_eq!(code, 202, "{body}");
+    wait_polls(&first, 3).await;
+    assert_eq!(read_topic(&stack, &topic).await.len(), 50 + 40 + 50);
+
+    // Paused: no poll starts, asked or due; kept in the state topic.
+    let (code, _) = control(&first, reqwest::Method::PUT, "/pause", true).await;
+    assert_eq!(code, 202);
+    first
+        .wait_for_log("Target state recorded", Duration::from_secs(30))
+        .await;
+    let (_, s) = control(&first, reqwest::Method::GET, "/status", false).await;
+    assert_eq!(s["connector"]["state"], "PAUSED", "{s}");
+    let (code, body) = control(&first, reqwest::Method::POST, "/regions/US/poll", true).await;
+    assert_eq!(code, 409, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("paused"),
+        "{body}"
+    );
+    first.sigterm();
+    assert!(first.wait(Duration::from_secs(30)).await.success());
+
+    // Restarted with a 1 s interval, every region overdue: still paused.
+    let requests = api.video_requests();
+    let mut second = Source::spawn(
+        &stack,
+        &api,
+        &topic,
+        &[env[1], env[2], ("POLL_INTERVAL", "1s")],
+    );
+    second
+        .wait_for_log("Paused (the state topic says so)", Duration::from_secs(60))
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(api.video_requests(), requests, "polled while paused");
+    let (_, s) = control(&second, reqwest::Method::GET, "/status", false).await;
+    assert_eq!(s["connector"]["state"], "PAUSED", "{s}");
+    assert!(
+        s["regions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["state"] == "PAUSED"),
+        "{s}"
+    );
+    let (code, offsets) = control(&second, reqwest::Method::GET, "/offsets", false).await;
+    assert_eq!(code, 200);
+    let mut listed: Vec<(String, i64)> = offsets["offsets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            assert!(o["offset"]["last_success_at"].is_string(), "{offsets}");
+            (
+                o["partition"]["region"].as_str().unwrap().to_string(),
+                o["offset"]["videos"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    listed.sort();
+    assert_eq!(listed, [("FR".to_string(), 50), ("US".to_string(), 40)]);
+
+    let (code, _) = control(&second, reqwest::Method::PUT, "/resume", true).await;
+    assert_eq!(code, 202);
+    wait_polls(&second, 2).await;
+    let (_, s) = control(&second, reqwest::Method::GET, "/status", false).await;
+    assert_eq!(s["connector"]["state"], "RUNNING", "{s}");
+    second.sigterm();
+    assert!(second.wait(Duration::from_secs(30)).await.success());
+    for source in [&first, &second] {
+        source.assert_key_not_logged();
+        assert!(
+            !source.logs().contains(ADMIN_TOKEN),
+            "the admin token reached the logs"
+        );
+    }
 }
