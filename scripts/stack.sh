@@ -22,6 +22,8 @@ DATA="$STATE/data"
 
 # Pinned versions: Kafka's is in scripts/kafka/pom.xml (the jars come from Maven Central).
 APICURIO_VERSION=3.3.3
+# The property-based fuzzer the tests run against the control APIs' OpenAPI documents.
+SCHEMATHESIS_VERSION=4.32.5
 APICURIO_DIR="$STATE/apicurio-$APICURIO_VERSION"
 KAFKA_PORT=${STACK_KAFKA_PORT:-19092}
 KAFKA_CONTROLLER_PORT=${STACK_KAFKA_CONTROLLER_PORT:-19093}
@@ -90,13 +92,24 @@ install_registry() {
     mv "$APICURIO_DIR.tmp" "$APICURIO_DIR"
 }
 
+install_schemathesis() {
+    local venv="$STATE/venv"
+    [ -x "$venv/bin/schemathesis" ] && "$venv/bin/schemathesis" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION" && return 0
+    log "installing schemathesis $SCHEMATHESIS_VERSION from PyPI into .stack/venv"
+    rm -rf "$venv"
+    python3 -m venv "$venv" || die "creating .stack/venv failed (is python3-venv installed?)"
+    "$venv/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION" >"$LOGS/install-schemathesis.log" 2>&1 \
+        || die "installing schemathesis failed, see $LOGS/install-schemathesis.log"
+}
+
 install() {
     mkdir -p "$LOGS"
     # Build deps of rdkafka (cmake-build with SSL), the stack's Debian packages, Java and Maven.
     apt_install cmake pkg-config libssl-dev libcurl4-openssl-dev zlib1g-dev curl openssl postgresql-15 prometheus \
-        docker-compose maven openjdk-17-jre-headless
+        docker-compose maven openjdk-17-jre-headless python3-venv
     install_kafka
     install_registry
+    install_schemathesis
     registry_java >/dev/null || die "Apicurio Registry needs Java 21 or newer and none was found under /usr/lib/jvm: install one, or set APICURIO_JAVA to its java"
 }
 

@@ -222,6 +222,53 @@ pub fn read_to_end(mut config: ClientConfig, topic: &str) -> Vec<OwnedMessage> {
     out
 }
 
+/// What a run of schemathesis against a connector's control API found.
+#[derive(Debug)]
+pub struct Fuzzed {
+    /// Whether schemathesis passed every check.
+    pub passed: bool,
+    /// Test cases generated (each one call or more).
+    pub cases: u64,
+    /// Its summary, for the test's failure message and the figures.
+    pub output: String,
+}
+
+/// Runs schemathesis (installed in `.stack/venv` by `make up`) against the API at `base_url`,
+/// generating calls from the OpenAPI document `spec` (a path from the workspace root), with
+/// `token` as the bearer token so that mutating calls are reached too. Checks: no 5xx, and
+/// every answer's status, content type and body as the document says.
+pub fn fuzz_api(spec: &str, base_url: &str, token: &str, max_examples: u32) -> Fuzzed {
+    let root = workspace_root();
+    let bin = root.join(".stack/venv/bin/schemathesis");
+    let out = std::process::Command::new(&bin)
+        .current_dir(std::env::temp_dir())
+        .args(["run", &root.join(spec).to_string_lossy(), "--url", base_url])
+        .args(["--header", &format!("Authorization: Bearer {token}")])
+        .args([
+            "--checks",
+            "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
+        ])
+        .args(["--max-examples", &max_examples.to_string(), "--seed", "1"])
+        .args(["--workers", "1", "--no-color", "--generation-database", "none"])
+        .output()
+        .unwrap_or_else(|e| panic!("running {} (did `make up` install it?): {e}", bin.display()));
+    let output = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // "153 generated, 153 passed" in the summary.
+    let cases = output
+        .lines()
+        .find_map(|l| l.trim().split_once(" generated")?.0.parse().ok())
+        .unwrap_or(0);
+    Fuzzed {
+        passed: out.status.success(),
+        cases,
+        output,
+    }
+}
+
 /// A TCP proxy in front of a real service (e.g. the schema registry) that can be switched
 /// "down": then it closes every open connection and refuses new ones, as a service that died
 /// would; or "failing": then it answers every HTTP request with a 500, as a service whose

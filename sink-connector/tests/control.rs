@@ -291,3 +291,34 @@ async fn without_a_token_mutating_calls_are_refused_and_unknown_paths_answer_jso
     }
     sink.stop().await;
 }
+
+#[tokio::test]
+async fn the_api_fuzzed_from_its_openapi_document_answers_no_5xx() {
+    let stack = Stack::from_env().unwrap();
+    let topic = stack.create_topic(2).await.unwrap();
+    let group = unique("control-");
+    let db = stack.create_database().await.unwrap();
+    let ends = produce_raw(
+        &producer(&stack),
+        &topic,
+        encode(&stack, &topic, &chart("FR", 20, at(1_000), 1)).await,
+    )
+    .await;
+    let sink = Sink::spawn(&stack, &db, &topic, &group, &[("ADMIN_TOKEN", TOKEN)]);
+    wait_committed(&stack, &topic, &group, 2, &ends, &sink).await;
+    let addr = sink.http_addr().await;
+    let fuzzed = tokio::task::spawn_blocking(move || {
+        plumbing::testing::fuzz_api("openapi/sink.yaml", &format!("http://{addr}"), TOKEN, 100)
+    })
+    .await
+    .unwrap();
+    println!("{}", fuzzed.output);
+    assert!(fuzzed.passed, "{}", fuzzed.output);
+    assert!(fuzzed.cases >= 100, "{}", fuzzed.output);
+    // Still alive and answering after the fuzzing.
+    assert_eq!(
+        reqwest_status(&sink.http_addr().await, "/healthz").await,
+        200
+    );
+    sink.stop().await;
+}

@@ -1548,3 +1548,37 @@ async fn the_control_api_polls_now_and_a_pause_outlives_a_restart() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_control_api_fuzzed_from_its_openapi_document_answers_no_5xx() {
+    let stack = Stack::from_env().unwrap();
+    let api = StandIn::start().await;
+    api.set_chart("FR", 20);
+    api.set_chart("US", 20);
+    let topic = unique("test-");
+    let mut source = Source::spawn(
+        &stack,
+        &api,
+        &topic,
+        &[
+            ("POLL_INTERVAL", "1h"),
+            ("YOUTUBE_REGIONS", "FR,US"),
+            ("ADMIN_TOKEN", ADMIN_TOKEN),
+        ],
+    );
+    wait_polls(&source, 2).await;
+    let url = format!("http://{}", source.http_addr().await);
+    let fuzzed = tokio::task::spawn_blocking(move || {
+        plumbing::testing::fuzz_api("openapi/source.yaml", &url, ADMIN_TOKEN, 100)
+    })
+    .await
+    .unwrap();
+    println!("{}", fuzzed.output);
+    assert!(fuzzed.passed, "{}", fuzzed.output);
+    assert!(fuzzed.cases >= 100, "{}", fuzzed.output);
+    let (code, _) = source.get("/healthz").await;
+    assert_eq!(code, 200);
+    source.sigterm();
+    assert!(source.wait(Duration::from_secs(30)).await.success());
+    assert!(!source.logs().contains(ADMIN_TOKEN));
+}
