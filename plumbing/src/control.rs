@@ -167,7 +167,7 @@ pub async fn require_token(State(admin): State<Admin>, request: Request, next: N
 /// The answer to a path no route has.
 pub async fn not_found(request: Request) -> ApiError {
     ApiError::not_found(format!(
-        "no {} {} here: see the control API in the README (openapi.yaml)",
+        "no {} {} here: see the control API in the README (openapi/source.yaml, openapi/sink.yaml)",
         request.method(),
         request.uri().path()
     ))

@@ -47,6 +47,7 @@ pub struct Control {
     live: OnceLock<Live>,
     /// An offsets change waiting for the pipeline's next quiet moment.
     change: Mutex<Option<OffsetsChange>>,
+    next_change: std::sync::atomic::AtomicU64,
 }
 
 /// The running sink's parts `/status` reads.
@@ -58,6 +59,7 @@ pub struct Live {
 
 /// New offsets for some partitions, and where to answer.
 pub struct OffsetsChange {
+    id: u64,
     wanted: Vec<(i32, Target)>,
     reply: oneshot::Sender<Result<Vec<PartitionPlan>, ApiError>>,
 }
@@ -74,6 +76,7 @@ impl Control {
             paused: watch::Sender::new(false),
             live: OnceLock::new(),
             change: Mutex::new(None),
+            next_change: Default::default(),
         })
     }
 
@@ -111,7 +114,21 @@ impl OffsetsChange {
     /// it is alone in the group): commits the new offsets, and moves the fetch positions there
     /// so that resuming reads from them.
     pub fn apply(self, control: &Control, consumer: &SinkConsumer, lag: &LagReporter) {
+        // Asked by a client that gave up waiting, or the sink was resumed meanwhile: the
+        // conditions checked then no longer hold.
+        if self.reply.is_closed() || !*control.paused.borrow() {
+            tracing::info!("Offsets change dropped: its caller left or the sink was resumed");
+            return;
+        }
         let result = (|| {
+            let assigned: Vec<i32> = consumer
+                .assignment()
+                .map_err(|e| unavailable(e.to_string()))?
+                .elements()
+                .iter()
+                .filter(|e| e.topic() == control.topic)
+                .map(|e| e.partition())
+                .collect();
             let plans =
                 replay::plan_each(&control.kafka, &control.group, &control.topic, &self.wanted)
                     .map_err(|e| {
@@ -122,6 +139,29 @@ impl OffsetsChange {
                             unavailable(text)
                         }
                     })?;
+            if let Some(p) = plans.iter().find(|p| !assigned.contains(&p.partition)) {
+                return Err(ApiError::conflict(format!(
+                    "partition {} is not assigned to this sink (yet): try again in a moment",
+                    p.partition
+                )));
+            }
+            // The fetch positions first: a position left behind would be committed back by
+            // the next idle commit, undoing the change.
+            for p in &plans {
+                consumer
+                    .seek(
+                        &control.topic,
+                        p.partition,
+                        rdkafka::Offset::Offset(p.new),
+                        Duration::from_secs(5),
+                    )
+                    .map_err(|e| {
+                        unavailable(format!(
+                            "moving the fetch position of partition {}: {e}; nothing committed",
+                            p.partition
+                        ))
+                    })?;
+            }
             let mut tpl = rdkafka::TopicPartitionList::new();
             for p in &plans {
                 tpl.add_partition_offset(
@@ -140,18 +180,6 @@ impl OffsetsChange {
                 .map(|p| (control.topic.clone(), p.partition, p.new))
                 .collect();
             lag.committed(&committed);
-            for p in &plans {
-                if let Err(e) = consumer.seek(
-                    &control.topic,
-                    p.partition,
-                    rdkafka::Offset::Offset(p.new),
-                    Duration::from_secs(10),
-                ) {
-                    // Committed anyway: a sink restarted now reads from the new offsets.
-                    tracing::warn!(partition = p.partition, error = %e,
-                        "Offsets changed: could not move the fetch position; restart the sink to read from the new offsets");
-                }
-            }
             tracing::info!(offsets = ?committed, "Offsets changed through the control API");
             Ok(plans)
         })();
@@ -183,15 +211,17 @@ struct Status {
 struct ConnectorState {
     state: &'static str,
     worker_id: String,
-    /// The failing dependencies' errors, one per line; absent when all answer.
+    /// The failing dependencies, one per line; absent when all answer.
     #[serde(skip_serializing_if = "Option::is_none")]
     trace: Option<String>,
 }
 
+/// A dependency not answering. Named only, as `/readyz` does: its error can quote input (a URL,
+/// a record); the logs have it whole.
 #[derive(Serialize)]
 struct Failing {
     dependency: String,
-    error: String,
+    error: &'static str,
 }
 
 #[derive(Serialize)]
@@ -207,9 +237,9 @@ async fn status(State(control): State<Arc<Control>>) -> Json<Status> {
         Ok(()) => Vec::new(),
         Err(failing) => failing
             .into_iter()
-            .map(|(dependency, error)| Failing {
+            .map(|(dependency, _)| Failing {
                 dependency: dependency.to_string(),
-                error,
+                error: "not ready (see the logs)",
             })
             .collect(),
     };
@@ -292,7 +322,9 @@ struct Offsets {
 #[serde(deny_unknown_fields)]
 struct PartitionOffset {
     partition: KafkaPartition,
-    /// `null` in a PATCH: back to the partition's start.
+    /// `null` in a PATCH: back to the partition's start. Required (a missing field is a 400,
+    /// not a reset).
+    #[serde(deserialize_with = "Option::deserialize")]
     offset: Option<KafkaOffset>,
 }
 
@@ -429,21 +461,48 @@ async fn change_offsets(
             .map_err(|e| unavailable(format!("{e:#}")))?;
         wanted = all.into_iter().map(|p| (p, Target::Earliest)).collect();
     }
-    let (reply, answer) = oneshot::channel();
+    let (reply, mut answer) = oneshot::channel();
+    let id = control
+        .next_change
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     {
         let mut slot = control.change.lock().expect("change lock");
         if slot.is_some() {
             return Err(ApiError::conflict("another offsets change is under way"));
         }
-        *slot = Some(OffsetsChange { wanted, reply });
+        *slot = Some(OffsetsChange { id, wanted, reply });
     }
-    let plans = match tokio::time::timeout(APPLY_WAIT, answer).await {
+    let plans = match tokio::time::timeout(APPLY_WAIT, &mut answer).await {
         Ok(Ok(result)) => result?,
-        _ => {
-            control.change.lock().expect("change lock").take();
+        Ok(Err(_)) => {
             return Err(ApiError::conflict(
-                "the sink did not reach a quiet moment between batches in 30 s: try again",
-            ));
+                "the sink was resumed before it applied the change: nothing changed",
+            ))
+        }
+        Err(_) => {
+            let withdrawn = {
+                let mut slot = control.change.lock().expect("change lock");
+                let ours = slot.as_ref().is_some_and(|c| c.id == id);
+                if ours {
+                    slot.take();
+                }
+                ours
+            };
+            if withdrawn {
+                return Err(ApiError::conflict(
+                    "the sink did not reach a quiet moment between batches in 30 s: nothing \
+                     changed, try again",
+                ));
+            }
+            // Taken by the pipeline: being applied now; its outcome is the answer.
+            match answer.await {
+                Ok(result) => result?,
+                Err(_) => {
+                    return Err(ApiError::conflict(
+                        "the sink was resumed before it applied the change: nothing changed",
+                    ))
+                }
+            }
         }
     };
     Ok(Json(Altered {

@@ -364,7 +364,8 @@ impl Sink {
         // No batch in flight: the moment an offsets change asked through the control API is
         // applied, so that no batch commits over it.
         if let Some(change) = self.control.take_change() {
-            change.apply(&self.control, &self.consumer, &self.lag);
+            // Broker round trips (plan, seeks, a synchronous commit): off the async worker.
+            tokio::task::block_in_place(|| change.apply(&self.control, &self.consumer, &self.lag));
             return true;
         }
         match consume::commit_positions(&self.consumer, &self.lag) {

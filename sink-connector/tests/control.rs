@@ -175,6 +175,10 @@ async fn pause_change_offsets_resume_replays_exactly_what_was_asked() {
             "a partition twice",
         ),
         (json!({"offsets": []}), "no offsets"),
+        (
+            json!({"offsets": [{"partition": {"kafka_topic": topic, "kafka_partition": 0}}]}),
+            "no offset field (null would reset; missing must not)",
+        ),
         (json!({"offsets": "all"}), "wrong shape"),
     ] {
         let (code, answer) = call(

@@ -140,6 +140,22 @@ impl Control {
             .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// An operator's pause or resume. Refused while starting: the state topic's target state is
+    /// not read yet, and would overwrite it.
+    fn set_target(&self, target: TargetState) -> Result<(), ApiError> {
+        if !self.started.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(ApiError::conflict(
+                "the source is still starting: try again once GET /status says RUNNING or PAUSED",
+            ));
+        }
+        self.target.send_if_modified(|t| {
+            let changed = *t != target;
+            *t = target;
+            changed
+        });
+        Ok(())
+    }
+
     /// Changes to the target state, for the task that records them and for the region loops.
     pub fn watch_target(&self) -> watch::Receiver<TargetState> {
         self.target.subscribe()
@@ -178,10 +194,12 @@ struct ConnectorState {
     trace: Option<String>,
 }
 
+/// A dependency not answering. Named only, as `/readyz` does: its error can quote input (an
+/// API answer, a URL); the logs have it whole.
 #[derive(Serialize)]
 struct Failing {
     dependency: String,
-    error: String,
+    error: &'static str,
 }
 
 #[derive(Serialize)]
@@ -195,9 +213,9 @@ async fn status(State(control): State<Arc<Control>>) -> Json<Status> {
         Ok(()) => Vec::new(),
         Err(failing) => failing
             .into_iter()
-            .map(|(dependency, error)| Failing {
+            .map(|(dependency, _)| Failing {
                 dependency: dependency.to_string(),
-                error,
+                error: "not ready (see the logs)",
             })
             .collect(),
     };
@@ -249,22 +267,18 @@ struct StateChange {
     state: &'static str,
 }
 
-async fn pause(State(control): State<Arc<Control>>) -> (StatusCode, Json<StateChange>) {
-    control.target.send_if_modified(|t| {
-        let changed = *t != TargetState::Paused;
-        *t = TargetState::Paused;
-        changed
-    });
-    (StatusCode::ACCEPTED, Json(StateChange { state: "PAUSED" }))
+async fn pause(
+    State(control): State<Arc<Control>>,
+) -> Result<(StatusCode, Json<StateChange>), ApiError> {
+    control.set_target(TargetState::Paused)?;
+    Ok((StatusCode::ACCEPTED, Json(StateChange { state: "PAUSED" })))
 }
 
-async fn resume(State(control): State<Arc<Control>>) -> (StatusCode, Json<StateChange>) {
-    control.target.send_if_modified(|t| {
-        let changed = *t != TargetState::Started;
-        *t = TargetState::Started;
-        changed
-    });
-    (StatusCode::ACCEPTED, Json(StateChange { state: "RUNNING" }))
+async fn resume(
+    State(control): State<Arc<Control>>,
+) -> Result<(StatusCode, Json<StateChange>), ApiError> {
+    control.set_target(TargetState::Started)?;
+    Ok((StatusCode::ACCEPTED, Json(StateChange { state: "RUNNING" })))
 }
 
 #[derive(Serialize)]

@@ -159,6 +159,14 @@ pub async fn run(
     let poller = Arc::new(Poller::new(client, publisher, readiness.clone()));
     control.started(last.target, &last.regions);
     if last.target == state::TargetState::Paused {
+        if config.once {
+            // A one-off run (from cron, say) honours the operator's pause too.
+            tracing::warn!(
+                "Paused (the state topic says so): --once polls nothing; resume the source \
+                 (PUT /resume on a running one) to poll again"
+            );
+            return Ok(true);
+        }
         tracing::warn!("Paused (the state topic says so): no poll starts until PUT /resume");
     }
     // Cancelled at shutdown, or when the source is fenced (every region stops).
@@ -174,12 +182,13 @@ pub async fn run(
         };
         tasks.spawn(region_loop.run(poller.clone(), control.clone(), due, stop.clone()));
     }
-    let recorder = tokio::spawn(record_target_state(
+    // Kept until the end: a source whose regions are all parked still serves the API.
+    let _recorder = AbortOnDrop(tokio::spawn(record_target_state(
         poller.clone(),
         control.clone(),
         last.target,
         backoff,
-    ));
+    )));
     let mut all_ok = true;
     let mut fenced = false;
     while let Some(end) = tasks.join_next().await {
@@ -190,7 +199,6 @@ pub async fn run(
         }
         all_ok &= end == RegionEnd::Done;
     }
-    recorder.abort();
     if fenced {
         // Failing /readyz for a moment before exiting, so that a probe or a scrape sees why the
         // process is gone; the error itself is logged once, as the connector stops on it.
@@ -212,6 +220,15 @@ pub async fn run(
         shutdown.cancelled().await;
     }
     Ok(true)
+}
+
+/// A task that stops with its handle.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Records each change of the target state (`PUT /pause`, `PUT /resume`) in the state topic, so

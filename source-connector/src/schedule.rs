@@ -292,9 +292,9 @@ impl RegionLoop {
                         next,
                     }
                     .emit();
-                    control.region(region, |s| {
-                        s.last_error = Some(format!("{}: {e}", e.kind()))
-                    });
+                    // The kind only (as `source_polls_total`'s outcome): the error itself can
+                    // quote the API's answer; the logs have it whole.
+                    control.region(region, |s| s.last_error = Some(e.kind().to_string()));
                     waiting = RegionPhase::Scheduled;
                     match next {
                         NextStep::RetryIn(d) => {
