@@ -98,6 +98,64 @@ impl From<axum::extract::rejection::PathRejection> for ApiError {
     }
 }
 
+/// The connector's state in `/status`, as Kafka Connect shows a connector's.
+#[derive(Debug, serde::Serialize)]
+pub struct ConnectorState {
+    /// `UNASSIGNED` while starting, `RUNNING` or `PAUSED`.
+    pub state: &'static str,
+    pub worker_id: String,
+    /// The failing dependencies, one per line; absent when all answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
+}
+
+/// A dependency not answering. Named only, as `/readyz` does: its error can quote input (a
+/// URL, a record, an API answer); the logs have it whole.
+#[derive(Debug, serde::Serialize)]
+pub struct Failing {
+    pub dependency: String,
+    pub error: &'static str,
+}
+
+/// The answer to `PUT /pause` and `PUT /resume`.
+#[derive(Debug, serde::Serialize)]
+pub struct StateChange {
+    pub state: &'static str,
+}
+
+impl ConnectorState {
+    /// The state and the dependencies `readiness` says are failing.
+    pub fn new(
+        state: &'static str,
+        worker_id: &str,
+        readiness: &crate::readiness::Readiness,
+    ) -> (ConnectorState, Vec<Failing>) {
+        let failing: Vec<Failing> = match readiness.status() {
+            Ok(()) => Vec::new(),
+            Err(failing) => failing
+                .into_iter()
+                .map(|(dependency, _)| Failing {
+                    dependency: dependency.to_string(),
+                    error: "not ready (see the logs)",
+                })
+                .collect(),
+        };
+        let trace = (!failing.is_empty()).then(|| {
+            failing
+                .iter()
+                .map(|f| format!("{}: {}", f.dependency, f.error))
+                .collect::<Vec<_>>()
+                .join("\n")
+        });
+        let connector = ConnectorState {
+            state,
+            worker_id: worker_id.to_string(),
+            trace,
+        };
+        (connector, failing)
+    }
+}
+
 /// What the token check needs: the configured token and the service's name for its metric.
 #[derive(Clone)]
 pub struct Admin {
@@ -171,6 +229,18 @@ pub async fn not_found(request: Request) -> ApiError {
         request.method(),
         request.uri().path()
     ))
+}
+
+/// The answer to a method a path does not have (405, as JSON like every other error).
+pub async fn method_not_allowed(request: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!(
+            "{} is not a method of {}: see openapi/source.yaml or openapi/sink.yaml",
+            request.method(),
+            request.uri().path()
+        ),
+    )
 }
 
 #[cfg(test)]

@@ -59,7 +59,8 @@ pub async fn spawn(
         .route("/readyz", get(ready))
         .with_state(AppState { metrics, readiness })
         .merge(control)
-        .fallback(crate::control::not_found);
+        .fallback(crate::control::not_found)
+        .method_not_allowed_fallback(crate::control::method_not_allowed);
     let task = tokio::spawn(serve(listener, app, shutdown));
     tracing::info!(addr = %bound, "Serving /metrics, /healthz, /readyz and the control API");
     Ok((bound, task))

@@ -94,6 +94,16 @@ impl Stack {
         c
     }
 
+    /// A producer as the source's records are produced (idempotent, `acks=all`), `extra` on
+    /// top.
+    pub fn producer(&self, extra: &[(&str, &str)]) -> rdkafka::producer::FutureProducer {
+        let mut config = self.kafka_config(&[("enable.idempotence", "true"), ("acks", "all")]);
+        for (k, v) in extra {
+            config.set(*k, *v);
+        }
+        config.create().expect("a producer for the stack's broker")
+    }
+
     /// Creates a topic with a unique name and returns the name.
     pub async fn create_topic(&self, partitions: i32) -> anyhow::Result<String> {
         let name = unique("test-");
@@ -220,6 +230,156 @@ pub fn read_to_end(mut config: ClientConfig, topic: &str) -> Vec<OwnedMessage> {
         }
     }
     out
+}
+
+/// A binary of the workspace built beside the running test (`target/<profile>/<name>`): how a
+/// test of one crate runs the other crate's connector. `cargo test --workspace` builds both.
+pub fn workspace_binary(name: &str) -> PathBuf {
+    // target/<profile>/deps/<this test> → target/<profile>/<name>
+    let exe = std::env::current_exe().expect("the test's own path");
+    let bin = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("the test runs from target/<profile>/deps")
+        .join(name);
+    assert!(
+        bin.exists(),
+        "{} missing: run `cargo test --workspace` (make test)",
+        bin.display()
+    );
+    bin
+}
+
+/// A program a test runs (a connector, a broker): only the environment it is given (and
+/// `PATH`), its stderr and stdout in a log file of its own, killed when dropped.
+pub struct Process {
+    pub child: tokio::process::Child,
+    pub log: PathBuf,
+    /// What it is, for failure messages.
+    pub name: String,
+}
+
+impl Process {
+    /// Runs `bin` with only `env` (and `PATH`), its log in a new temporary file.
+    pub fn spawn(bin: &std::path::Path, env: &[(&str, &str)]) -> Process {
+        Self::start(bin, env, None)
+    }
+
+    /// As [`Process::spawn`], its log appended to `log`.
+    pub fn spawn_logged(
+        bin: &std::path::Path,
+        env: &[(&str, &str)],
+        log: &std::path::Path,
+    ) -> Process {
+        Self::start(bin, env, Some(log.to_path_buf()))
+    }
+
+    fn start(bin: &std::path::Path, env: &[(&str, &str)], log: Option<PathBuf>) -> Process {
+        let mut command = tokio::process::Command::new(bin);
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(env.iter().copied());
+        let name = bin
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Self::run(command, &name, log)
+    }
+
+    /// Runs `command` as set up by the caller; its output goes to `log` (appended, so that a
+    /// process restarted on the same log keeps the earlier lines), or to a new file.
+    pub fn run(mut command: tokio::process::Command, name: &str, log: Option<PathBuf>) -> Process {
+        let log = log.unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("{}.log", unique(&format!("{name}-"))))
+        });
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("the process's log file");
+        let child = command
+            .stdout(file.try_clone().expect("the log file"))
+            .stderr(file)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        Process {
+            child,
+            log,
+            name: name.to_string(),
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends `signal` (`TERM`, `KILL`, `STOP`, `CONT`, ...).
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().expect("the process is running").to_string();
+        std::process::Command::new("kill")
+            .args([format!("-{signal}"), pid])
+            .status()
+            .expect("kill(1)");
+    }
+
+    pub fn sigterm(&self) {
+        self.signal("TERM");
+    }
+
+    pub fn sigkill(&self) {
+        self.signal("KILL");
+    }
+
+    /// Waits for the process to exit, failing the test with its logs after `timeout`.
+    pub async fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        match tokio::time::timeout(timeout, self.child.wait()).await {
+            Ok(status) => status.expect("the process's exit status"),
+            Err(_) => panic!(
+                "{} did not exit within {timeout:?}; logs:\n{}",
+                self.name,
+                self.logs()
+            ),
+        }
+    }
+
+    /// Waits until `needle` is in the logs, failing the test with them after `timeout`.
+    pub async fn wait_for_log(&self, needle: &str, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !self.logs().contains(needle) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no `{needle}` in the logs of {} within {timeout:?}:\n{}",
+                self.name,
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The HTTP address a connector logged at start-up (`"addr"` of its JSON log; tests bind
+    /// port 0).
+    pub async fn http_addr(&self) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let found = self
+                .logs()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .find_map(|l| l["addr"].as_str().map(str::to_string));
+            if let Some(addr) = found {
+                return addr;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} logged no HTTP address within 30 s:\n{}",
+                self.name,
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 /// What a run of schemathesis against a connector's control API found.

@@ -21,7 +21,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, put};
 use axum::{Json, Router};
-use plumbing::control::{require_token, Admin, ApiError};
+use plumbing::control::{require_token, Admin, ApiError, ConnectorState, Failing, StateChange};
 use plumbing::kafka::KafkaArgs;
 use plumbing::readiness::Readiness;
 use rdkafka::consumer::Consumer;
@@ -208,23 +208,6 @@ struct Status {
 }
 
 #[derive(Serialize)]
-struct ConnectorState {
-    state: &'static str,
-    worker_id: String,
-    /// The failing dependencies, one per line; absent when all answer.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    trace: Option<String>,
-}
-
-/// A dependency not answering. Named only, as `/readyz` does: its error can quote input (a URL,
-/// a record); the logs have it whole.
-#[derive(Serialize)]
-struct Failing {
-    dependency: String,
-    error: &'static str,
-}
-
-#[derive(Serialize)]
 struct PartitionStatus {
     partition: i32,
     committed_offset: Option<i64>,
@@ -233,23 +216,6 @@ struct PartitionStatus {
 }
 
 async fn status(State(control): State<Arc<Control>>) -> Json<Status> {
-    let failing: Vec<Failing> = match control.readiness.status() {
-        Ok(()) => Vec::new(),
-        Err(failing) => failing
-            .into_iter()
-            .map(|(dependency, _)| Failing {
-                dependency: dependency.to_string(),
-                error: "not ready (see the logs)",
-            })
-            .collect(),
-    };
-    let trace = (!failing.is_empty()).then(|| {
-        failing
-            .iter()
-            .map(|f| format!("{}: {}", f.dependency, f.error))
-            .collect::<Vec<_>>()
-            .join("\n")
-    });
     let paused = *control.paused.borrow();
     let (state, partitions) = match control.live.get() {
         None => ("UNASSIGNED", Vec::new()),
@@ -274,25 +240,17 @@ async fn status(State(control): State<Arc<Control>>) -> Json<Status> {
             (if paused { "PAUSED" } else { "RUNNING" }, partitions)
         }
     };
+    let (connector, failing) = ConnectorState::new(state, &control.worker_id, &control.readiness);
     Json(Status {
         name: control.name.clone(),
         r#type: "sink",
-        connector: ConnectorState {
-            state,
-            worker_id: control.worker_id.clone(),
-            trace,
-        },
+        connector,
         topic: control.topic.clone(),
         group: control.group.clone(),
         pause_survives_restart: false,
         failing,
         partitions,
     })
-}
-
-#[derive(Serialize)]
-struct StateChange {
-    state: &'static str,
 }
 
 async fn pause(State(control): State<Arc<Control>>) -> (StatusCode, Json<StateChange>) {
@@ -425,12 +383,8 @@ async fn reset_offsets(State(control): State<Arc<Control>>) -> Result<Json<Alter
     change_offsets(&control, Vec::new()).await
 }
 
-/// Hands the change to the pipeline once the conditions hold, and waits for its outcome.
-/// `wanted` empty: every partition back to its start.
-async fn change_offsets(
-    control: &Arc<Control>,
-    mut wanted: Vec<(i32, Target)>,
-) -> Result<Json<Altered>, ApiError> {
+/// 409 unless the sink runs, is paused and is alone in its group.
+async fn may_change_offsets(control: &Arc<Control>) -> Result<(), ApiError> {
     if control.live.get().is_none() {
         return Err(ApiError::conflict(
             "the sink is still starting: try again once GET /status says PAUSED",
@@ -453,14 +407,15 @@ async fn change_offsets(
             control.group
         )));
     }
-    if wanted.is_empty() {
-        let c = control.clone();
-        let all = tokio::task::spawn_blocking(move || replay::topic_partitions(&c.kafka, &c.topic))
-            .await
-            .map_err(|e| unavailable(e.to_string()))?
-            .map_err(|e| unavailable(format!("{e:#}")))?;
-        wanted = all.into_iter().map(|p| (p, Target::Earliest)).collect();
-    }
+    Ok(())
+}
+
+/// Puts the change where the pipeline takes it between batches, and waits for its outcome; a
+/// change not taken within [`APPLY_WAIT`] is withdrawn.
+async fn hand_over(
+    control: &Control,
+    wanted: Vec<(i32, Target)>,
+) -> Result<Vec<PartitionPlan>, ApiError> {
     let (reply, mut answer) = oneshot::channel();
     let id = control
         .next_change
@@ -505,6 +460,25 @@ async fn change_offsets(
             }
         }
     };
+    Ok(plans)
+}
+
+/// Hands the change to the pipeline once the conditions hold, and waits for its outcome.
+/// `wanted` empty: every partition back to its start.
+async fn change_offsets(
+    control: &Arc<Control>,
+    mut wanted: Vec<(i32, Target)>,
+) -> Result<Json<Altered>, ApiError> {
+    may_change_offsets(control).await?;
+    if wanted.is_empty() {
+        let c = control.clone();
+        let all = tokio::task::spawn_blocking(move || replay::topic_partitions(&c.kafka, &c.topic))
+            .await
+            .map_err(|e| unavailable(e.to_string()))?
+            .map_err(|e| unavailable(format!("{e:#}")))?;
+        wanted = all.into_iter().map(|p| (p, Target::Earliest)).collect();
+    }
+    let plans = hand_over(control, wanted).await?;
     Ok(Json(Altered {
         message: "The offsets for this connector have been altered successfully; PUT /resume \
                   to read from them"

@@ -21,6 +21,8 @@ pub mod history;
 pub mod migrate;
 pub mod redrive;
 pub mod replay;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod tls;
 pub mod write;
 

@@ -2,17 +2,18 @@
 //! dead-letter topic with Kafka Connect's headers and its original bytes, the awkward valid
 //! records are written, and so is every valid record around them.
 
-mod common;
 mod corpus;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::*;
 use corpus::{cases, Expect};
 use plumbing::testing::{unique, Stack};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use rdkafka::Message;
+use sink_connector::testing::{
+    at, connect, encode_by_hand, header, produce_raw, read_all, register, wait_committed, Sink,
+};
 
 #[tokio::test]
 async fn every_kind_of_bad_input_is_dead_lettered_and_the_records_around_it_are_written() {
@@ -43,14 +44,7 @@ async fn every_kind_of_bad_input_is_dead_lettered_and_the_records_around_it_are_
 
     // A valid record before every case and one after the last, all on one partition.
     let valid = |i: usize| schemas::sample(&format!("V{i:03}"), "FR", i as i32 + 1, fetched);
-    let producer: FutureProducer = stack
-        .kafka_config(&[
-            ("enable.idempotence", "true"),
-            ("acks", "all"),
-            ("message.max.bytes", "4000000"),
-        ])
-        .create()
-        .unwrap();
+    let producer = stack.producer(&[("message.max.bytes", "4000000")]);
     let mut offsets_of_case: HashMap<i64, usize> = HashMap::new();
     let mut end = 0;
     for (i, case) in cases.iter().enumerate() {

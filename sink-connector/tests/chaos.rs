@@ -8,17 +8,18 @@
 //! `CHAOS_BACKLOG` (records produced before the first start, 20,000). It prints a figures table
 //! and fails on any loss or mismatch. Its own test binary: it restarts the stack's PostgreSQL.
 
-mod common;
-
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use common::*;
 use plumbing::testing::{unique, Stack};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message;
 use schemas::TrendingVideo;
+use sink_connector::testing::{
+    at, committed, header, pg_ctl, read_all, register, stored_snapshots, stored_videos, wire, Sink,
+    Snapshot,
+};
 use tokio_util::sync::CancellationToken;
 
 fn env_num(name: &str, default: u64) -> u64 {
@@ -176,10 +177,7 @@ async fn a_sink_killed_at_random_and_postgres_restarted_loses_nothing_and_adds_n
     let mut charts = Charts {
         // Batched, as the source produces: a sink killed after committing part of a batch
         // resumes in its middle.
-        producer: stack
-            .kafka_config(&[("enable.idempotence", "true"), ("acks", "all")])
-            .create()
-            .unwrap(),
+        producer: stack.producer(&[]),
         topic: topic.clone(),
         schema_id: register(&stack, &format!("{topic}-value"), schemas::schema()).await,
         rate,
@@ -241,7 +239,7 @@ async fn a_sink_killed_at_random_and_postgres_restarted_loses_nothing_and_adds_n
                 sink.logs()
             );
         }
-        sigkill(&sink);
+        sink.sigkill();
         sink.child.wait().await.unwrap();
         kills += 1;
     }

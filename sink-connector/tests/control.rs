@@ -2,14 +2,15 @@
 //! pause and resume, offsets read and changed (only while paused), the admin token, and bad
 //! input answered with a 4xx JSON error.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::*;
 use plumbing::testing::{metric_sample, unique, Stack};
 use serde_json::{json, Value};
+use sink_connector::testing::{
+    at, chart, committed, count, encode, produce_raw, reqwest_status, scrape, wait_committed,
+    wait_metric, Sink,
+};
 
 const TOKEN: &str = "control-test-token-5f1c";
 
@@ -53,7 +54,7 @@ async fn pause_change_offsets_resume_replays_exactly_what_was_asked() {
     let topic = stack.create_topic(2).await.unwrap();
     let group = unique("control-");
     let db = stack.create_database().await.unwrap();
-    let p = producer(&stack);
+    let p = stack.producer(&[]);
     let ends = produce_raw(
         &p,
         &topic,
@@ -303,7 +304,7 @@ async fn the_api_fuzzed_from_its_openapi_document_answers_no_5xx() {
     let group = unique("control-");
     let db = stack.create_database().await.unwrap();
     let ends = produce_raw(
-        &producer(&stack),
+        &stack.producer(&[]),
         &topic,
         encode(&stack, &topic, &chart("FR", 20, at(1_000), 1)).await,
     )

@@ -1,13 +1,15 @@
 //! The way back from the dead-letter topic, against the real sink and broker: a misconfigured
 //! sink dead-letters valid records as `unknown_schema`; `dlq list` shows them, `dlq replay`
 //! (dry run, then `--execute`) produces them back once the sink is fixed, and they become rows;
-//! a second replay produces nothing.
+//! a second replay produces nothing, and the tables end as a sink that never met the fault
+//! leaves them.
 
-mod common;
-
-use common::*;
 use plumbing::testing::{unique, Stack};
 use rdkafka::Message;
+use sink_connector::testing::{
+    at, chart, dump, encode, produce_raw, read_all, register, stored_snapshots, tool_ok,
+    wait_committed, Raw, Sink, Snapshot,
+};
 
 #[tokio::test]
 async fn dead_letters_are_listed_and_replayed_exactly_once_after_the_fix() {
@@ -18,7 +20,7 @@ async fn dead_letters_are_listed_and_replayed_exactly_once_after_the_fix() {
     let videos = chart("FR", 5, at(1_000), 10);
     let mut records = encode(&stack, &topic, &videos).await;
     records.push((Some(b"garbage".to_vec()), Some(b"not avro".to_vec())));
-    let ends = produce_raw(&producer(&stack), &topic, records).await;
+    let ends = produce_raw(&stack.producer(&[]), &topic, records).await;
     let produced = read_all(&stack, &topic).len();
 
     // 1. A sink decoding another subject's schemas only: every record is dead-lettered.
@@ -145,4 +147,13 @@ async fn dead_letters_are_listed_and_replayed_exactly_once_after_the_fix() {
     );
     assert_eq!(read_all(&stack, &topic).len(), produced + 5);
     sink.stop().await;
+
+    // 6. The tables end exactly as those of a sink that never met the fault (every column of
+    //    videos, video_snapshots and charts), reading the same topic from its start.
+    let reference = stack.create_database().await.unwrap();
+    let clean_group = unique("sink-");
+    let clean = Sink::spawn(&stack, &reference, &topic, &clean_group, &[]);
+    wait_committed(&stack, &topic, &clean_group, 1, &new_ends, &clean).await;
+    clean.stop().await;
+    assert_eq!(dump(&db).await, dump(&reference).await);
 }

@@ -3,14 +3,15 @@
 //! the rest row by row, with the charts and the videos no chart has shown since), and replaying
 //! the topic does not bring it back.
 
-mod common;
-
 use std::collections::{BTreeSet, HashMap};
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
-use common::*;
 use plumbing::testing::{unique, Stack, TestDatabase};
 use sink_connector::history::Month;
+use sink_connector::testing::{
+    chart, connect, dump, encode, produce_raw, stored_snapshots, stored_videos, wait_committed,
+    wait_metric, Sink, Snapshot,
+};
 
 /// The partitions of `video_snapshots`, by name.
 async fn partitions(db: &TestDatabase) -> BTreeSet<String> {
@@ -49,7 +50,7 @@ async fn each_snapshot_lands_in_the_partition_of_its_month() {
     videos.extend(chart("FR", 3, first_second_of_november, 20));
     videos.extend(chart("US", 2, long_ago, 30));
     let ends = produce_raw(
-        &producer(&stack),
+        &stack.producer(&[]),
         &topic,
         encode(&stack, &topic, &videos).await,
     )
@@ -133,7 +134,7 @@ async fn retention_deletes_the_older_history_and_a_replay_does_not_bring_it_back
     videos.extend(chart("US", 5, day(m2, 20), 450));
     videos.extend(chart("US", 5, day(m0, 0), 500));
     let ends = produce_raw(
-        &producer(&stack),
+        &stack.producer(&[]),
         &topic,
         encode(&stack, &topic, &videos).await,
     )
@@ -289,7 +290,7 @@ async fn a_snapshot_stored_again_with_other_values_is_rewritten_and_counted_once
     let mut second = chart("FR", 4, at, 900);
     second[2].rank = 1;
     second[0].rank = 3;
-    let p = producer(&stack);
+    let p = stack.producer(&[]);
     let mut ends = produce_raw(&p, &topic, encode(&stack, &topic, &first).await).await;
     let sink = Sink::spawn(
         &stack,

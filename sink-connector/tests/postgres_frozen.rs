@@ -4,12 +4,13 @@
 //! everything once PostgreSQL thaws. Its own test binary, because it freezes the stack's
 //! PostgreSQL, which other tests use (cargo runs test binaries one after another).
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use plumbing::testing::{metric_sample, unique, Stack};
+use sink_connector::testing::{
+    at, chart, committed, connect, encode, produce_raw, reqwest_status, scrape, wait_committed,
+    Sink,
+};
 
 /// Every process of the PostgreSQL server, stopped until this is dropped (also when an
 /// assertion fails, so later tests find PostgreSQL running).
@@ -51,7 +52,7 @@ async fn postgres_frozen_mid_stream_times_out_commits_nothing_and_recovers() {
     let topic = stack.create_topic(1).await.unwrap();
     let group = unique("frozen-");
     let db = stack.create_database().await.unwrap();
-    let p = producer(&stack);
+    let p = stack.producer(&[]);
     let first = produce_raw(
         &p,
         &topic,

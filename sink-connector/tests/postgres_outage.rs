@@ -2,12 +2,13 @@
 //! and catches up alone when PostgreSQL is back. Its own test binary, because it stops the
 //! stack's PostgreSQL, which other tests use (cargo runs test binaries one after another).
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use plumbing::testing::{metric_sample, unique, Stack};
+use sink_connector::testing::{
+    at, chart, committed, connect, encode, produce_raw, reqwest_status, scrape, wait_committed,
+    wait_metric, PostgresStopped, Sink,
+};
 
 #[tokio::test]
 async fn postgres_down_mid_stream_loses_nothing_and_commits_nothing_early() {
@@ -15,7 +16,7 @@ async fn postgres_down_mid_stream_loses_nothing_and_commits_nothing_early() {
     let topic = stack.create_topic(2).await.unwrap();
     let group = unique("outage-");
     let db = stack.create_database().await.unwrap();
-    let p = producer(&stack);
+    let p = stack.producer(&[]);
     let first = produce_raw(
         &p,
         &topic,

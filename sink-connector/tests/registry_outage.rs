@@ -3,13 +3,14 @@
 //! keep flowing while a new schema id waits, also when the registry answers 500s instead of
 //! nothing; nothing is dead-lettered because of the outage.
 
-mod common;
-
 use std::time::Duration;
 
 use apache_avro::types::Value;
-use common::*;
 use plumbing::testing::{unique, Outage, Stack};
+use sink_connector::testing::{
+    at, chart, committed, count, encode_by_hand, produce_raw, read_all, register, reqwest_status,
+    wait_committed, wire, Raw, Sink, WAIT,
+};
 
 async fn wait_log(sink: &Sink, needle: &str) {
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -45,7 +46,7 @@ async fn with_the_registry_down_at_start_the_sink_waits_then_writes_everything()
     assert_eq!(reqwest_status(&addr, "/readyz").await, 503);
 
     let records = encode_by_hand(&stack, &topic, &chart("FR", 100, at(1_000), 1)).await;
-    let ends = produce_raw(&producer(&stack), &topic, records).await;
+    let ends = produce_raw(&stack.producer(&[]), &topic, records).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(reqwest_status(&addr, "/readyz").await, 503);
     assert!(committed(&stack, &topic, &group, 2).is_empty());
@@ -68,7 +69,7 @@ async fn mid_stream_known_schemas_keep_flowing_and_a_new_schema_id_waits() {
     let topic = stack.create_topic(1).await.unwrap();
     let group = unique("sink-");
     let db = stack.create_database().await.unwrap();
-    let p = producer(&stack);
+    let p = stack.producer(&[]);
     let registry = Outage::start(&stack.registry_url).await;
     let sink = Sink::spawn(
         &stack,

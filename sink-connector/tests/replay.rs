@@ -2,14 +2,15 @@
 //! every target, clamping, refusal while a sink runs) and `describe-group`, read as a user reads
 //! them: exit codes, the group's state and members, each partition's committed offset and lag.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::*;
 use plumbing::testing::{unique, Stack};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
+use sink_connector::testing::{
+    at, chart, committed, dump, encode, produce_raw, tool, tool_ok, wait_committed, wait_metric,
+    Sink,
+};
 
 /// `describe-group` as a user reads it: the group's state, its member count, and per partition
 /// (committed offset, end, lag).
@@ -67,7 +68,7 @@ async fn drained(
     let topic = stack.create_topic(partitions).await.unwrap();
     let group = unique("replay-");
     let db = stack.create_database().await.unwrap();
-    let p = producer(stack);
+    let p = stack.producer(&[]);
     let mut records = encode(stack, &topic, &chart("FR", 60, at(1_000), 1)).await;
     records.extend(encode(stack, &topic, &chart("FR", 60, at(2_000), 2)).await);
     let ends = produce_raw(&p, &topic, records).await;
@@ -140,7 +141,7 @@ async fn to_datetime_replays_exactly_the_records_at_or_after_the_time() {
     let stack = Stack::from_env().unwrap();
     let topic = stack.create_topic(1).await.unwrap();
     let group = unique("replay-");
-    let p: FutureProducer = stack.kafka_config(&[("acks", "all")]).create().unwrap();
+    let p = stack.producer(&[]);
     let t0 = 1_700_000_000_000i64;
     for i in 0..40i64 {
         p.send(

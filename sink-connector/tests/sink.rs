@@ -1,15 +1,17 @@
 //! The sink connector as a user runs it: the real binary against the real broker, schema
 //! registry and PostgreSQL of the local stack. Every test has its own topic, group and database.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use common::*;
 use plumbing::testing::{metric_sample, unique, Stack};
 use rdkafka::Message;
+use sink_connector::testing::{
+    at, chart, committed, connect, dump, encode, encode_by_hand, header, produce_raw, read_all,
+    register, reqwest_status, scrape, stored_snapshots, stored_videos, wait_committed, wait_metric,
+    wire, Raw, Sink, Snapshot, WAIT,
+};
 
 #[tokio::test]
 async fn records_become_rows_and_offsets_are_committed_to_the_end() {
@@ -17,7 +19,7 @@ async fn records_become_rows_and_offsets_are_committed_to_the_end() {
     let topic = stack.create_topic(3).await.unwrap();
     let group = unique("sink-");
     let db = stack.create_database().await.unwrap();
-    let p = producer(&stack);
+    let p = stack.producer(&[]);
     let mut records = encode(&stack, &topic, &chart("FR", 100, at(1_000), 10)).await;
     records.extend(encode(&stack, &topic, &chart("FR", 100, at(2_800), 20)).await);
     records.extend(encode_by_hand(&stack, &topic, &chart("US", 50, at(2_000), 30)).await);
@@ -137,7 +139,7 @@ async fn the_newest_record_wins_and_an_older_one_only_adds_history() {
     let topic = stack.create_topic(1).await.unwrap();
     let group = unique("sink-");
     let db = stack.create_database().await.unwrap();
-    let p = producer(&stack);
+    let p = stack.producer(&[]);
     let mut newer = schemas::sample("vid", "FR", 1, at(2_000));
     newer.view_count = Some(200);
     let mut older = schemas::sample("vid", "FR", 5, at(1_000));
@@ -200,7 +202,7 @@ async fn replaying_the_whole_topic_leaves_the_tables_identical() {
     let stack = Stack::from_env().unwrap();
     let topic = stack.create_topic(2).await.unwrap();
     let db = stack.create_database().await.unwrap();
-    let p = producer(&stack);
+    let p = stack.producer(&[]);
     let mut records = encode(&stack, &topic, &chart("FR", 60, at(5_000), 1)).await;
     records.extend(encode(&stack, &topic, &chart("FR", 60, at(1_000), 9)).await);
     records.extend(encode(&stack, &topic, &chart("JP", 40, at(5_000), 5)).await);
@@ -233,7 +235,7 @@ async fn poison_records_go_to_the_dlq_with_connect_headers_and_the_rest_is_writt
     let topic = stack.create_topic(1).await.unwrap();
     let group = unique("sink-");
     let db = stack.create_database().await.unwrap();
-    let p = producer(&stack);
+    let p = stack.producer(&[]);
     let good = chart("FR", 10, at(1_000), 1);
     let mut encoded = encode(&stack, &topic, &good).await;
     let valid = encoded[0].1.clone().unwrap();
@@ -352,7 +354,7 @@ async fn a_write_refused_for_good_stops_the_sink_and_commits_nothing_past_it() {
         )
         .await
         .unwrap();
-    let p = producer(&stack);
+    let p = stack.producer(&[]);
     produce_raw(
         &p,
         &topic,
@@ -380,7 +382,7 @@ async fn with_errors_tolerance_none_a_poison_record_stops_the_sink_and_nothing_p
     let topic = stack.create_topic(1).await.unwrap();
     let group = unique("sink-");
     let db = stack.create_database().await.unwrap();
-    let p = producer(&stack);
+    let p = stack.producer(&[]);
     let mut records = encode(&stack, &topic, &chart("FR", 3, at(1_000), 1)).await;
     records.insert(1, (Some(b"bad".to_vec()), Some(b"not avro".to_vec())));
     produce_raw(&p, &topic, records).await;
@@ -409,7 +411,7 @@ async fn with_errors_tolerance_none_a_poison_record_stops_the_sink_and_nothing_p
 async fn a_sink_killed_mid_batch_and_restarted_leaves_the_tables_as_if_it_never_died() {
     let stack = Stack::from_env().unwrap();
     let topic = stack.create_topic(2).await.unwrap();
-    let p = producer(&stack);
+    let p = stack.producer(&[]);
     let mut records = Vec::new();
     for poll in 0..6 {
         records.extend(
@@ -446,7 +448,7 @@ async fn a_sink_killed_mid_batch_and_restarted_leaves_the_tables_as_if_it_never_
             assert!(tokio::time::Instant::now() < deadline, "{}", sink.logs());
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        sigkill(&sink);
+        sink.sigkill();
         let mut sink = sink;
         sink.wait(Duration::from_secs(10)).await;
     }
@@ -485,7 +487,7 @@ async fn a_sink_killed_mid_batch_and_restarted_leaves_the_tables_as_if_it_never_
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let before = committed(&stack, &topic, &group, 2);
-    sigkill(&sink);
+    sink.sigkill();
     let mut sink = sink;
     sink.wait(Duration::from_secs(10)).await;
     locker.batch_execute("ROLLBACK").await.unwrap();
@@ -520,7 +522,7 @@ async fn two_instances_share_the_partitions_and_one_finishes_when_the_other_stop
         &group,
         &[("SINK_BATCH_MAX_RECORDS", "20")],
     );
-    let p = producer(&stack);
+    let p = stack.producer(&[]);
     let mut ends: HashMap<i32, i64> = HashMap::new();
     // Produce while both run, until both have written something (joining takes a rebalance).
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -635,7 +637,7 @@ async fn large_records_are_batched_by_bytes_and_memory_stays_bounded() {
         })
         .collect();
     let ends = produce_raw(
-        &producer(&stack),
+        &stack.producer(&[]),
         &topic,
         encode(&stack, &topic, &videos).await,
     )
@@ -688,7 +690,7 @@ async fn the_charts_table_says_which_charts_are_complete() {
     let topic = stack.create_topic(3).await.unwrap();
     let group = unique("sink-");
     let db = stack.create_database().await.unwrap();
-    let p = producer(&stack);
+    let p = stack.producer(&[]);
 
     // The schema as it was before `chart_size`, registered first under the topic's subject.
     let mut before: serde_json::Value = serde_json::from_str(schemas::SCHEMA_JSON).unwrap();
@@ -789,7 +791,7 @@ async fn the_database_url_can_come_from_a_file() {
     let db = stack.create_database().await.unwrap();
     let file = std::env::temp_dir().join(unique("database-url-"));
     std::fs::write(&file, format!("{}\n", db.url)).unwrap();
-    let p = producer(&stack);
+    let p = stack.producer(&[]);
     let ends = produce_raw(
         &p,
         &topic,

@@ -3,13 +3,13 @@
 //! What a user checks: rows written, the connection encrypted (`pg_stat_ssl`) or not, and a sink
 //! that stops at start with the setting to change when the certificate does not fit.
 
-mod common;
-
 use std::str::FromStr;
 use std::time::Duration;
 
-use common::*;
 use plumbing::testing::{unique, Stack, TestDatabase};
+use sink_connector::testing::{
+    at, chart, connect, encode, produce_raw, stored_snapshots, wait_committed, Sink,
+};
 
 /// The test database's URL to `host` with `query` (libpq's parameters).
 fn url(db: &TestDatabase, host: &str, query: &str) -> String {
@@ -31,7 +31,7 @@ async fn drain_with(stack: &Stack, database_url: &str) -> bool {
     let db = stack.create_database().await.unwrap();
     let database_url = database_url.replace("{db}", &db.name);
     let ends = produce_raw(
-        &producer(stack),
+        &stack.producer(&[]),
         &topic,
         encode(stack, &topic, &chart("FR", 20, at(1_000), 1)).await,
     )

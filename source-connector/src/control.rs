@@ -20,7 +20,7 @@ use axum::http::StatusCode;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use plumbing::control::{require_token, Admin, ApiError};
+use plumbing::control::{require_token, Admin, ApiError, ConnectorState, Failing, StateChange};
 use plumbing::readiness::Readiness;
 use serde::Serialize;
 use tokio::sync::{watch, Notify};
@@ -187,45 +187,12 @@ struct Status {
 }
 
 #[derive(Serialize)]
-struct ConnectorState {
-    state: &'static str,
-    worker_id: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    trace: Option<String>,
-}
-
-/// A dependency not answering. Named only, as `/readyz` does: its error can quote input (an
-/// API answer, a URL); the logs have it whole.
-#[derive(Serialize)]
-struct Failing {
-    dependency: String,
-    error: &'static str,
-}
-
-#[derive(Serialize)]
 struct Quota {
     daily_units: u64,
     units_spent_today: u64,
 }
 
 async fn status(State(control): State<Arc<Control>>) -> Json<Status> {
-    let failing: Vec<Failing> = match control.readiness.status() {
-        Ok(()) => Vec::new(),
-        Err(failing) => failing
-            .into_iter()
-            .map(|(dependency, _)| Failing {
-                dependency: dependency.to_string(),
-                error: "not ready (see the logs)",
-            })
-            .collect(),
-    };
-    let trace = (!failing.is_empty()).then(|| {
-        failing
-            .iter()
-            .map(|f| format!("{}: {}", f.dependency, f.error))
-            .collect::<Vec<_>>()
-            .join("\n")
-    });
     let state = if !control.started.load(std::sync::atomic::Ordering::SeqCst) {
         "UNASSIGNED"
     } else if *control.target.borrow() == TargetState::Paused {
@@ -244,14 +211,11 @@ async fn status(State(control): State<Arc<Control>>) -> Json<Status> {
             ..s.clone()
         })
         .collect();
+    let (connector, failing) = ConnectorState::new(state, &control.worker_id, &control.readiness);
     Json(Status {
         name: "source-connector",
         r#type: "source",
-        connector: ConnectorState {
-            state,
-            worker_id: control.worker_id.clone(),
-            trace,
-        },
+        connector,
         pause_survives_restart: true,
         failing,
         quota: Quota {
@@ -260,11 +224,6 @@ async fn status(State(control): State<Arc<Control>>) -> Json<Status> {
         },
         regions,
     })
-}
-
-#[derive(Serialize)]
-struct StateChange {
-    state: &'static str,
 }
 
 async fn pause(

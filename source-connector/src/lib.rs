@@ -37,6 +37,8 @@ use crate::events::{BootRetrying, QuotaPlanned};
 use crate::produce::Publisher;
 use crate::schedule::{first_due, Poller, RegionEnd, RegionLoop};
 use crate::transaction::{TransactionError, Transactions};
+use schema_registry_converter::async_impl::schema_registry::SrSettings;
+use schema_registry_converter::schema_registry_common::SubjectNameStrategy;
 
 /// The dependencies `/readyz` reports on.
 pub const READINESS_CHECKS: &[&str] = &["kafka", "schema_registry", "youtube_api"];
@@ -61,8 +63,61 @@ pub async fn run(
         config.produce_timeout,
     )?;
     let backoff = Backoff::new(config.retry_initial_backoff, config.retry_max_backoff);
-    let state_topic = config.state_topic();
-    let interval = match config.quota_plan() {
+    let interval = planned_interval(&config);
+    // Built once, before the retried steps: a wrong credential setting is not worth retrying.
+    let registry_settings = config.registry.settings()?;
+    let booted = tokio::select! {
+        b = boot(&config, &transactions, &registry_settings, &backoff, &readiness) => b?,
+        _ = shutdown.cancelled() => return Ok(true),
+    };
+    readiness.set_ready("kafka");
+    readiness.set_ready("schema_registry");
+    tracing::info!(topic = %config.topic, schema_id = booted.schema_id, regions = ?config.regions,
+        interval_s = interval.as_secs(), "Source connector started");
+
+    let dues = first_dues(&config, &booted.last, interval, &readiness);
+    let publisher = Publisher::new(
+        transactions,
+        &registry_settings,
+        booted.strategy,
+        &config.topic,
+        &config.state_topic(),
+        config.produce_timeout,
+    );
+    let poller = Arc::new(Poller::new(client, publisher, readiness.clone()));
+    let target = booted.last.target;
+    control.started(target, &booted.last.regions);
+    if target == state::TargetState::Paused {
+        if config.once {
+            // A one-off run (from cron, say) honours the operator's pause too.
+            tracing::warn!(
+                "Paused (the state topic says so): --once polls nothing; resume the source \
+                 (PUT /resume on a running one) to poll again"
+            );
+            return Ok(true);
+        }
+        tracing::warn!("Paused (the state topic says so): no poll starts until PUT /resume");
+    }
+    // Kept until the end: a source whose regions are all parked still serves the API.
+    let _recorder = AbortOnDrop(tokio::spawn(record_target_state(
+        poller.clone(),
+        control.clone(),
+        target,
+        backoff,
+    )));
+    let regions = RegionLoops {
+        interval,
+        backoff,
+        once: config.once,
+        shutdown_grace: config.shutdown_grace,
+    };
+    let ended = regions.run(dues, &poller, &control, &shutdown).await?;
+    ended.outcome(&config, &readiness, &shutdown).await
+}
+
+/// The poll interval the quota plan allows (logged and exported).
+fn planned_interval(config: &Config) -> std::time::Duration {
+    match config.quota_plan() {
         Ok(plan) => {
             QuotaPlanned { plan: &plan }.emit();
             plan.interval
@@ -73,10 +128,26 @@ pub async fn run(
             tracing::warn!(error = %e, "The quota plan does not fit; polling once only");
             std::time::Duration::from_secs(1800)
         }
-    };
+    }
+}
 
-    // Start-up: each step is retried while its dependency is away (the connector serves
-    // /healthz meanwhile and /readyz says what is missing); a refused schema is fatal.
+/// What start-up established: the registered schema and the state topic's contents.
+struct Booted {
+    strategy: SubjectNameStrategy,
+    schema_id: u32,
+    last: state::Loaded,
+}
+
+/// Start-up: each step is retried while its dependency is away (the connector serves /healthz
+/// meanwhile and /readyz says what is missing); a refused schema or a fence is fatal.
+async fn boot(
+    config: &Config,
+    transactions: &Transactions,
+    registry_settings: &SrSettings,
+    backoff: &Backoff,
+    readiness: &Readiness,
+) -> anyhow::Result<Booted> {
+    let state_topic = config.state_topic();
     let topics = [
         TopicSpec {
             name: &config.topic,
@@ -92,43 +163,42 @@ pub async fn run(
         },
     ];
     let kafka_config = config.kafka.client_config(&[])?;
-    // Built once, before the retried steps: a wrong credential setting is not worth retrying.
-    let registry_settings = config.registry.settings()?;
-    let boot = async {
-        retry_boot("create_topics", &backoff, &readiness, "kafka", || {
-            ensure_topics(&kafka_config, &topics)
-        })
-        .await?;
-        // A refused schema is permanent: the source stops with it.
-        let registered = retry_boot(
-            "register_schema",
-            &backoff,
-            &readiness,
-            "schema_registry",
-            || Publisher::register(&registry_settings, &config.topic),
-        )
-        .await?;
-        // Fences a source already running with the same transactional id, now rather than at
-        // its next poll; being fenced is permanent too.
-        retry_boot("init_transactions", &backoff, &readiness, "kafka", || {
-            transactions.init()
-        })
-        .await?;
-        let last = retry_boot("load_state", &backoff, &readiness, "kafka", || {
-            state::load(&config.kafka, &state_topic)
-        })
-        .await?;
-        anyhow::Ok((registered, last))
-    };
-    let ((strategy, schema_id), last) = tokio::select! {
-        r = boot => r?,
-        _ = shutdown.cancelled() => return Ok(true),
-    };
-    readiness.set_ready("kafka");
-    readiness.set_ready("schema_registry");
-    tracing::info!(topic = %config.topic, schema_id, regions = ?config.regions,
-        interval_s = interval.as_secs(), "Source connector started");
+    retry_boot("create_topics", backoff, readiness, "kafka", || {
+        ensure_topics(&kafka_config, &topics)
+    })
+    .await?;
+    let (strategy, schema_id) = retry_boot(
+        "register_schema",
+        backoff,
+        readiness,
+        "schema_registry",
+        || Publisher::register(registry_settings, &config.topic),
+    )
+    .await?;
+    // Fences a source already running with the same transactional id, now rather than at its
+    // next poll.
+    retry_boot("init_transactions", backoff, readiness, "kafka", || {
+        transactions.init()
+    })
+    .await?;
+    let last = retry_boot("load_state", backoff, readiness, "kafka", || {
+        state::load(&config.kafka, &state_topic)
+    })
+    .await?;
+    Ok(Booted {
+        strategy,
+        schema_id,
+        last,
+    })
+}
 
+/// When each region is first due: now with `--once`, else one interval after its last success.
+fn first_dues<'a>(
+    config: &'a Config,
+    last: &state::Loaded,
+    interval: std::time::Duration,
+    readiness: &Readiness,
+) -> Vec<(&'a String, chrono::DateTime<Utc>)> {
     let now = Utc::now();
     let dues: Vec<_> = config
         .regions
@@ -148,78 +218,92 @@ pub async fn run(
         // checked yet" until then, the source would be unready all that time.
         readiness.set_ready("youtube_api");
     }
-    let publisher = Publisher::new(
-        transactions,
-        &registry_settings,
-        strategy,
-        &config.topic,
-        &state_topic,
-        config.produce_timeout,
-    );
-    let poller = Arc::new(Poller::new(client, publisher, readiness.clone()));
-    control.started(last.target, &last.regions);
-    if last.target == state::TargetState::Paused {
+    dues
+}
+
+/// One loop per region, with what they share.
+struct RegionLoops {
+    interval: std::time::Duration,
+    backoff: Backoff,
+    once: bool,
+    shutdown_grace: std::time::Duration,
+}
+
+/// How the region loops ended.
+struct Ended {
+    all_ok: bool,
+    fenced: bool,
+}
+
+impl Ended {
+    /// What the run returns once the loops ended: a fence is an error, `--once` says whether
+    /// every region succeeded; loops that ended otherwise (every region parked) leave the
+    /// process serving /metrics and a failing /readyz until shutdown, so the operator sees why.
+    async fn outcome(
+        self,
+        config: &Config,
+        readiness: &Readiness,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<bool> {
+        if self.fenced {
+            // Failing /readyz for a moment before exiting, so that a probe or a scrape sees why
+            // the process is gone; the error itself is logged once, as the connector stops on
+            // it.
+            let e = TransactionError::Fenced(config.transactional_id());
+            readiness.set_not_ready("kafka", e.to_string());
+            tokio::select! {
+                _ = tokio::time::sleep(FENCED_LINGER) => {}
+                _ = shutdown.cancelled() => {}
+            }
+            return Err(e.into());
+        }
         if config.once {
-            // A one-off run (from cron, say) honours the operator's pause too.
-            tracing::warn!(
-                "Paused (the state topic says so): --once polls nothing; resume the source \
-                 (PUT /resume on a running one) to poll again"
-            );
-            return Ok(true);
+            return Ok(self.all_ok);
         }
-        tracing::warn!("Paused (the state topic says so): no poll starts until PUT /resume");
+        if !shutdown.is_cancelled() {
+            tracing::error!("No region is being polled any more; waiting for shutdown");
+            shutdown.cancelled().await;
+        }
+        Ok(true)
     }
-    // Cancelled at shutdown, or when the source is fenced (every region stops).
-    let stop = shutdown.child_token();
-    let mut tasks = JoinSet::new();
-    for (region, due) in dues {
-        let region_loop = RegionLoop {
-            region: region.clone(),
-            interval,
-            backoff,
-            once: config.once,
-            shutdown_grace: config.shutdown_grace,
+}
+
+impl RegionLoops {
+    /// Runs every region's loop until each ends; a fence stops them all.
+    async fn run(
+        &self,
+        dues: Vec<(&String, chrono::DateTime<Utc>)>,
+        poller: &Arc<Poller>,
+        control: &Arc<Control>,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Ended> {
+        // Cancelled at shutdown, or when the source is fenced (every region stops).
+        let stop = shutdown.child_token();
+        let mut tasks = JoinSet::new();
+        for (region, due) in dues {
+            let region_loop = RegionLoop {
+                region: region.clone(),
+                interval: self.interval,
+                backoff: self.backoff,
+                once: self.once,
+                shutdown_grace: self.shutdown_grace,
+            };
+            tasks.spawn(region_loop.run(poller.clone(), control.clone(), due, stop.clone()));
+        }
+        let mut ended = Ended {
+            all_ok: true,
+            fenced: false,
         };
-        tasks.spawn(region_loop.run(poller.clone(), control.clone(), due, stop.clone()));
-    }
-    // Kept until the end: a source whose regions are all parked still serves the API.
-    let _recorder = AbortOnDrop(tokio::spawn(record_target_state(
-        poller.clone(),
-        control.clone(),
-        last.target,
-        backoff,
-    )));
-    let mut all_ok = true;
-    let mut fenced = false;
-    while let Some(end) = tasks.join_next().await {
-        let end = end.context("a region loop panicked")?;
-        if end == RegionEnd::Fenced && !fenced {
-            fenced = true;
-            stop.cancel();
+        while let Some(end) = tasks.join_next().await {
+            let end = end.context("a region loop panicked")?;
+            if end == RegionEnd::Fenced && !ended.fenced {
+                ended.fenced = true;
+                stop.cancel();
+            }
+            ended.all_ok &= end == RegionEnd::Done;
         }
-        all_ok &= end == RegionEnd::Done;
+        Ok(ended)
     }
-    if fenced {
-        // Failing /readyz for a moment before exiting, so that a probe or a scrape sees why the
-        // process is gone; the error itself is logged once, as the connector stops on it.
-        let e = TransactionError::Fenced(config.transactional_id());
-        readiness.set_not_ready("kafka", e.to_string());
-        tokio::select! {
-            _ = tokio::time::sleep(FENCED_LINGER) => {}
-            _ = shutdown.cancelled() => {}
-        }
-        return Err(e.into());
-    }
-    if config.once {
-        return Ok(all_ok);
-    }
-    // Every region is parked (rejected key, no chart): keep serving /metrics and a failing
-    // /readyz so the operator sees why, until told to stop.
-    if !shutdown.is_cancelled() {
-        tracing::error!("No region is being polled any more; waiting for shutdown");
-        shutdown.cancelled().await;
-    }
-    Ok(true)
 }
 
 /// A task that stops with its handle.

@@ -238,7 +238,8 @@ impl RegionLoop {
                 _ = tokio::time::sleep(wait) => {}
                 _ = asked.notified() => tracing::info!(region, "Polling now, as asked"),
             }
-            // `--once` polls whatever the target state: it is a one-off run an operator started.
+            // A pause asked while a `--once` run polls does not hold it: it is a one-off run an
+            // operator started (one started paused polls nothing at all).
             if !self.once && *target.borrow() == TargetState::Paused {
                 tracing::info!(region, "Paused: no poll starts until resumed");
                 control.region(region, |s| s.state = RegionPhase::Paused);
@@ -250,22 +251,8 @@ impl RegionLoop {
             }
             control.region(region, |s| s.state = RegionPhase::Polling);
             let fetched_at = Utc::now();
-            let poll = poller.poll(region, fetched_at);
-            tokio::pin!(poll);
-            let result = tokio::select! {
-                r = &mut poll => r,
-                _ = shutdown.cancelled() => {
-                    tracing::info!(region, grace_s = self.shutdown_grace.as_secs(),
-                        "Shutdown: letting the poll in flight finish");
-                    match tokio::time::timeout(self.shutdown_grace, &mut poll).await {
-                        Ok(r) => r,
-                        Err(_) => {
-                            tracing::warn!(region,
-                                "Shutdown: poll abandoned; it is redone whole after restart");
-                            return self.stopped(&control, RegionEnd::Done);
-                        }
-                    }
-                }
+            let Some(result) = self.poll(&poller, fetched_at, &shutdown).await else {
+                return self.stopped(&control, RegionEnd::Done);
             };
             match result {
                 Ok(videos) => {
@@ -284,38 +271,76 @@ impl RegionLoop {
                 }
                 Err(e) => {
                     failures += 1;
-                    let next = poller.next_step(&e, failures, &self.backoff, self.once);
-                    PollFailed {
-                        region,
-                        kind: e.kind(),
-                        error: &e,
-                        next,
-                    }
-                    .emit();
-                    // The kind only (as `source_polls_total`'s outcome): the error itself can
-                    // quote the API's answer; the logs have it whole.
-                    control.region(region, |s| s.last_error = Some(e.kind().to_string()));
-                    waiting = RegionPhase::Scheduled;
-                    match next {
-                        NextStep::RetryIn(d) => {
-                            due = Utc::now() + chrono::Duration::from_std(d).unwrap_or_default()
-                        }
-                        NextStep::WaitForQuotaReset(at) => {
-                            due = at;
-                            waiting = RegionPhase::WaitingForQuota;
-                        }
-                        NextStep::Parked => {
-                            control.region(region, |s| s.state = RegionPhase::Parked);
-                            return RegionEnd::Failed;
-                        }
-                        NextStep::GiveUp => return self.stopped(&control, RegionEnd::Failed),
-                        NextStep::Stop => return self.stopped(&control, RegionEnd::Fenced),
-                    }
+                    (due, waiting) = match self.after_failure(&poller, &control, &e, failures) {
+                        Ok(next) => next,
+                        Err(end) => return end,
+                    };
                     if shutdown.is_cancelled() {
                         return self.stopped(&control, RegionEnd::Done);
                     }
                 }
             }
+        }
+    }
+
+    /// One poll; at shutdown it gets the grace period to finish, and `None` when abandoned.
+    async fn poll(
+        &self,
+        poller: &Poller,
+        fetched_at: DateTime<Utc>,
+        shutdown: &CancellationToken,
+    ) -> Option<Result<usize, PollError>> {
+        let region = self.region.as_str();
+        let poll = poller.poll(region, fetched_at);
+        tokio::pin!(poll);
+        tokio::select! {
+            r = &mut poll => Some(r),
+            _ = shutdown.cancelled() => {
+                tracing::info!(region, grace_s = self.shutdown_grace.as_secs(),
+                    "Shutdown: letting the poll in flight finish");
+                let finished = tokio::time::timeout(self.shutdown_grace, &mut poll).await.ok();
+                if finished.is_none() {
+                    tracing::warn!(region,
+                        "Shutdown: poll abandoned; it is redone whole after restart");
+                }
+                finished
+            }
+        }
+    }
+
+    /// After the `failures`-th failed poll in a row: when to poll again and how the region
+    /// waits meanwhile, or how the loop ends.
+    fn after_failure(
+        &self,
+        poller: &Poller,
+        control: &Control,
+        e: &PollError,
+        failures: u32,
+    ) -> Result<(DateTime<Utc>, RegionPhase), RegionEnd> {
+        let region = self.region.as_str();
+        let next = poller.next_step(e, failures, &self.backoff, self.once);
+        PollFailed {
+            region,
+            kind: e.kind(),
+            error: e,
+            next,
+        }
+        .emit();
+        // The kind only (as `source_polls_total`'s outcome): the error itself can quote the
+        // API's answer; the logs have it whole.
+        control.region(region, |s| s.last_error = Some(e.kind().to_string()));
+        match next {
+            NextStep::RetryIn(d) => Ok((
+                Utc::now() + chrono::Duration::from_std(d).unwrap_or_default(),
+                RegionPhase::Scheduled,
+            )),
+            NextStep::WaitForQuotaReset(at) => Ok((at, RegionPhase::WaitingForQuota)),
+            NextStep::Parked => {
+                control.region(region, |s| s.state = RegionPhase::Parked);
+                Err(RegionEnd::Failed)
+            }
+            NextStep::GiveUp => Err(self.stopped(control, RegionEnd::Failed)),
+            NextStep::Stop => Err(self.stopped(control, RegionEnd::Fenced)),
         }
     }
 

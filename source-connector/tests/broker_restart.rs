@@ -6,51 +6,47 @@
 //! Afterwards polls go on; every chart in the topic is whole, and the sink resumes from its
 //! committed offsets until the tables hold exactly the topic's records.
 
-mod pipeline;
-
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use pipeline::{sink_binary, spawn};
-use plumbing::testing::{read_to_end, unique, Stack};
+use plumbing::testing::{read_to_end, unique, workspace_binary, Process, Stack};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use schema_registry_converter::async_impl::avro::AvroDecoder;
 use schema_registry_converter::async_impl::schema_registry::SrSettings;
 use schemas::TrendingVideo;
 use source_connector::standin::StandIn;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// Two distinct free ports (the broker's and its controller's): both listeners are held
+/// until both ports are known, or the system may hand out the same port twice.
+fn free_ports() -> (u16, u16) {
+    let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    (
+        a.local_addr().unwrap().port(),
+        b.local_addr().unwrap().port(),
+    )
 }
 
 /// An Apache Kafka broker of this test's own (scripts/kafka/broker.sh, as the stack's), its
 /// data in `dir` so that a restart keeps it. The script execs the JVM: the child's pid is the
 /// broker's, and SIGSTOP freezes the broker itself.
-fn start_broker(dir: &std::path::Path, port: u16, controller_port: u16) -> Child {
+fn start_broker(dir: &std::path::Path, port: u16, controller_port: u16) -> Process {
     let script =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/kafka/broker.sh");
-    // Appended: the log of the broker before a restart is kept beside the one after.
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("kafka.log"))
-        .unwrap();
-    Command::new(script)
+    let mut command = Command::new(script);
+    command
         .arg(dir.join("kafka"))
         .arg(port.to_string())
         .arg(controller_port.to_string())
-        .env("KAFKA_HEAP", "256m")
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("scripts/kafka/broker.sh (make install fetches Kafka)")
+        .env("KAFKA_HEAP", "256m");
+    // Appended: the log of the broker before a restart is kept beside the one after.
+    Process::run(
+        command,
+        "the test's Kafka broker",
+        Some(dir.join("kafka.log")),
+    )
 }
 
 /// Waits until the broker's log says it has started for the `starts`-th time.
@@ -67,25 +63,6 @@ async fn wait_started(dir: &std::path::Path, starts: usize) {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-fn signal(child: &Child, signal: &str) {
-    std::process::Command::new("kill")
-        .args([signal, &child.id().unwrap().to_string()])
-        .status()
-        .unwrap();
-}
-
-fn sigterm(child: &Child) {
-    signal(child, "-TERM");
-}
-
-/// Waits for `child` to exit after a signal, for at most 60 s.
-async fn exited(child: &mut Child, what: &str) -> std::process::ExitStatus {
-    tokio::time::timeout(Duration::from_secs(60), child.wait())
-        .await
-        .unwrap_or_else(|_| panic!("{what} did not exit within 60 s of SIGTERM"))
-        .unwrap()
 }
 
 /// How the broker becomes unavailable.
@@ -186,7 +163,7 @@ async fn run(interruption: Interruption, with_sink: bool) {
     let stack = Stack::from_env().unwrap();
     let dir = std::env::temp_dir().join(unique("kafka-"));
     std::fs::create_dir_all(&dir).unwrap();
-    let (port, controller_port) = (free_port(), free_port());
+    let (port, controller_port) = free_ports();
     let bootstrap = format!("127.0.0.1:{port}");
     let mut broker = start_broker(&dir, port, controller_port);
     wait_started(&dir, 1).await;
@@ -228,23 +205,24 @@ async fn run(interruption: Interruption, with_sink: bool) {
         ("HTTP_ADDR", "127.0.0.1:0"),
     ]);
     let (source_log, sink_log) = (dir.join("source.log"), dir.join("sink.log"));
-    let mut source = spawn(
+    let mut source = Process::spawn_logged(
         std::path::Path::new(env!("CARGO_BIN_EXE_source-connector")),
         &source_env,
         &source_log,
     );
-    let sink = with_sink.then(|| spawn(&sink_binary(), &sink_env, &sink_log));
+    let sink = with_sink
+        .then(|| Process::spawn_logged(&workspace_binary("sink-connector"), &sink_env, &sink_log));
     wait_published(&source_log, 2, "before the interruption").await;
 
     match interruption {
         Interruption::Freeze(d) => {
-            signal(&broker, "-STOP");
+            broker.signal("STOP");
             tokio::time::sleep(d).await;
-            signal(&broker, "-CONT");
+            broker.signal("CONT");
         }
         Interruption::Restart => {
-            sigterm(&broker);
-            exited(&mut broker, "the broker").await;
+            broker.sigterm();
+            broker.wait(Duration::from_secs(60)).await;
             tokio::time::sleep(Duration::from_secs(3)).await;
             broker = start_broker(&dir, port, controller_port);
             wait_started(&dir, 2).await;
@@ -254,8 +232,8 @@ async fn run(interruption: Interruption, with_sink: bool) {
     let after = before.values().copied().max().unwrap_or(0) + 2;
     wait_published(&source_log, after, "after the broker came back").await;
 
-    sigterm(&source);
-    assert!(exited(&mut source, "the source").await.success());
+    source.sigterm();
+    assert!(source.wait(Duration::from_secs(60)).await.success());
     let records = read_topic(&bootstrap, &stack.registry_url, &topic).await;
     let source_logs = std::fs::read_to_string(&source_log).unwrap();
     // The interruption failed polls (each redone whole later), not only delayed them.
@@ -309,11 +287,11 @@ async fn run(interruption: Interruption, with_sink: bool) {
     if let Some(mut sink) = sink {
         sink_catches_up(&db, &records, &sink_log).await;
         offsets_reach_the_end(&bootstrap, &topic, &group, &sink_log).await;
-        sigterm(&sink);
-        assert!(exited(&mut sink, "the sink").await.success());
+        sink.sigterm();
+        assert!(sink.wait(Duration::from_secs(60)).await.success());
     }
-    sigterm(&broker);
-    let _ = exited(&mut broker, "the broker").await;
+    broker.sigterm();
+    broker.wait(Duration::from_secs(60)).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -8,13 +8,10 @@
 //!
 //! The connectors listen on 9101 and 9102, the ports `prometheus/local.yml` scrapes.
 
-mod pipeline;
-
 use std::time::Duration;
 
-use pipeline::{sink_binary, spawn};
-use plumbing::testing::{unique, Stack};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use plumbing::testing::{unique, workspace_binary, Process, Stack};
+use rdkafka::producer::FutureRecord;
 use serde_json::Value;
 use source_connector::standin::{Fault, StandIn};
 
@@ -101,16 +98,10 @@ async fn every_dashboard_query_returns_data_from_the_running_pipeline() {
         ("KAFKA_GROUP_ID", group.as_str()),
         ("HTTP_ADDR", "127.0.0.1:9102"),
     ]);
-    let logs = std::env::temp_dir();
-    let _sink = spawn(
-        &sink_binary(),
-        &sink_env,
-        &logs.join(format!("{}.log", unique("e2e-sink-"))),
-    );
-    let _source = spawn(
+    let _sink = Process::spawn(&workspace_binary("sink-connector"), &sink_env);
+    let _source = Process::spawn(
         std::path::Path::new(env!("CARGO_BIN_EXE_source-connector")),
         &source_env,
-        &logs.join(format!("{}.log", unique("e2e-source-"))),
     );
 
     // Two polls per region in PostgreSQL (the "fastest rising" panel needs two).
@@ -141,7 +132,7 @@ async fn every_dashboard_query_returns_data_from_the_running_pipeline() {
     }
 
     // A record that is not Avro: dead-lettered, `sink_records_dead_lettered_total` exists.
-    let producer: FutureProducer = stack.kafka_config(&[]).create().unwrap();
+    let producer = stack.producer(&[]);
     producer
         .send(
             FutureRecord::to(&topic).key("poison").payload("not avro"),

@@ -2,12 +2,10 @@
 //! schema registry of the local stack and the API stand-in. Every test has its own topic.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use apache_avro::types::Value as Avro;
-use plumbing::testing::{metric_sample, read_to_end, unique, Outage, Stack};
+use plumbing::testing::{metric_sample, read_to_end, unique, Outage, Process, Stack};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use schema_registry_converter::async_impl::avro::AvroDecoder;
@@ -15,13 +13,27 @@ use schema_registry_converter::async_impl::schema_registry::SrSettings;
 use schemas::TrendingVideo;
 use serde_json::{json, Value};
 use source_connector::standin::{self, Fault, StandIn};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 const API_KEY: &str = "AIzaTEST-secret-key-0123456789";
 
+/// A source connector run by a test (see `plumbing::testing::Process` for logs, signals, wait
+/// and its HTTP address).
 struct Source {
-    child: Child,
-    log: PathBuf,
+    process: Process,
+}
+
+impl std::ops::Deref for Source {
+    type Target = Process;
+    fn deref(&self) -> &Process {
+        &self.process
+    }
+}
+
+impl std::ops::DerefMut for Source {
+    fn deref_mut(&mut self) -> &mut Process {
+        &mut self.process
+    }
 }
 
 /// Everything a run needs; `extra` env vars override the defaults.
@@ -69,47 +81,11 @@ impl Source {
         extra: &[(&str, &str)],
         args: &[&str],
     ) -> Source {
-        let log = std::env::temp_dir().join(format!("{}.log", unique("source-")));
-        let file = std::fs::File::create(&log).unwrap();
-        let child = command(stack, api, topic, extra)
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(file)
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        Source { child, log }
-    }
-
-    fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    async fn wait(&mut self, timeout: Duration) -> ExitStatus {
-        match tokio::time::timeout(timeout, self.child.wait()).await {
-            Ok(s) => s.unwrap(),
-            Err(_) => panic!(
-                "the source did not exit within {timeout:?}; logs:\n{}",
-                self.logs()
-            ),
+        let mut cmd = command(stack, api, topic, extra);
+        cmd.args(args);
+        Source {
+            process: Process::run(cmd, "source-connector", None),
         }
-    }
-
-    fn sigterm(&self) {
-        let pid = self.child.id().expect("running") as i32;
-        // SAFETY-free: kill(1) rather than libc, to keep dependencies small.
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .unwrap();
-    }
-
-    fn sigkill(&self) {
-        let pid = self.child.id().expect("running") as i32;
-        std::process::Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .status()
-            .unwrap();
     }
 
     /// Asserts the key never reached a log line.
@@ -126,35 +102,12 @@ impl Source {
         );
     }
 
-    /// The HTTP address the connector logged at start-up (it binds port 0 in tests).
-    async fn http_addr(&self) -> String {
-        self.wait_for_log("Serving /metrics", Duration::from_secs(30))
-            .await;
-        self.logs()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .find_map(|l| l["addr"].as_str().map(str::to_string))
-            .expect("the HTTP address in the logs")
-    }
-
     /// Status and body of `GET path` on the connector's HTTP port.
     async fn get(&self, path: &str) -> (u16, String) {
         let r = reqwest::get(format!("http://{}{path}", self.http_addr().await))
             .await
             .unwrap();
         (r.status().as_u16(), r.text().await.unwrap())
-    }
-
-    async fn wait_for_log(&self, needle: &str, timeout: Duration) {
-        let deadline = tokio::time::Instant::now() + timeout;
-        while !self.logs().contains(needle) {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no `{needle}` in the logs within {timeout:?}:\n{}",
-                self.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
     }
 }
 
@@ -1233,7 +1186,7 @@ async fn a_second_signal_exits_at_once() {
 /// before, the region was never polled again while the source reported ready.
 #[tokio::test]
 async fn a_state_record_from_the_future_is_clamped_and_polls_continue() {
-    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use rdkafka::producer::FutureRecord;
     let stack = Stack::from_env().unwrap();
     let api = StandIn::start().await;
     api.set_chart("FR", 50);
@@ -1247,7 +1200,7 @@ async fn a_state_record_from_the_future_is_clamped_and_polls_continue() {
         )
         .await
         .unwrap();
-    let p: FutureProducer = stack.kafka_config(&[("acks", "all")]).create().unwrap();
+    let p = stack.producer(&[]);
     p.send(
         FutureRecord::to(&state_topic)
             .key("FR")

@@ -7,13 +7,10 @@
 //! CI runs 6 cycles; `make chaos` runs `CHAOS_CYCLES=50`, `CHAOS_SEED` replays a run (the seed
 //! is printed). It prints a figures table.
 
-mod pipeline;
-
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use pipeline::{sink_binary, spawn};
-use plumbing::testing::{unique, Stack};
+use plumbing::testing::{unique, workspace_binary, Process, Stack};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{Message, Offset, TopicPartitionList};
@@ -21,7 +18,6 @@ use schema_registry_converter::async_impl::avro::AvroDecoder;
 use schema_registry_converter::async_impl::schema_registry::SrSettings;
 use schemas::TrendingVideo;
 use source_connector::standin::StandIn;
-use tokio::process::Child;
 
 const PARTITIONS: i32 = 3;
 
@@ -36,13 +32,6 @@ fn env_num(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn kill(child: &Child) {
-    std::process::Command::new("kill")
-        .args(["-KILL", &child.id().expect("running").to_string()])
-        .status()
-        .unwrap();
 }
 
 fn reader(stack: &Stack, topic: &str, isolation: &str) -> BaseConsumer {
@@ -143,7 +132,7 @@ async fn a_source_killed_at_random_while_publishing_never_shows_a_partial_chart(
         ("KAFKA_GROUP_ID", group.as_str()),
     ]);
     let sink_log = dir.join("sink.log");
-    let mut sink = spawn(&sink_binary(), &sink_env, &sink_log);
+    let mut sink = Process::spawn_logged(&workspace_binary("sink-connector"), &sink_env, &sink_log);
 
     // Sees records of open transactions as they land.
     let watcher = reader(&stack, &topic, "read_uncommitted");
@@ -159,7 +148,7 @@ async fn a_source_killed_at_random_while_publishing_never_shows_a_partial_chart(
     let mut killed_mid_transaction = 0;
     for cycle in 0..cycles {
         let log = dir.join(format!("source-{cycle}.log"));
-        let mut source = spawn(source_bin, &source_env, &log);
+        let mut source = Process::spawn_logged(source_bin, &source_env, &log);
         if cycle % 2 == 0 {
             // As soon as this source's first records land: its transaction is open.
             watch(&mut seen);
@@ -178,16 +167,13 @@ async fn a_source_killed_at_random_while_publishing_never_shows_a_partial_chart(
         } else {
             tokio::time::sleep(Duration::from_millis(rng.u64(300..3000))).await;
         }
-        kill(&source);
-        tokio::time::timeout(Duration::from_secs(10), source.wait())
-            .await
-            .expect("a SIGKILLed source exits")
-            .unwrap();
+        source.sigkill();
+        source.wait(Duration::from_secs(10)).await;
     }
     // A last source, stopped cleanly after a whole poll of each region, so that the run ends
     // with charts published whatever the kills hit.
     let log = dir.join("source-last.log");
-    let mut last = spawn(source_bin, &source_env, &log);
+    let mut last = Process::spawn_logged(source_bin, &source_env, &log);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while std::fs::read_to_string(&log)
         .unwrap_or_default()
@@ -201,11 +187,8 @@ async fn a_source_killed_at_random_while_publishing_never_shows_a_partial_chart(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    std::process::Command::new("kill")
-        .args(["-TERM", &last.id().unwrap().to_string()])
-        .status()
-        .unwrap();
-    assert!(last.wait().await.unwrap().success());
+    last.sigterm();
+    assert!(last.wait(Duration::from_secs(60)).await.success());
 
     let committed = charts_in_topic(&stack, &topic, "read_committed").await;
     let begun = charts_in_topic(&stack, &topic, "read_uncommitted").await;
@@ -292,9 +275,7 @@ async fn a_source_killed_at_random_while_publishing_never_shows_a_partial_chart(
         "no kill caught a transaction open: the test did not exercise what it is for"
     );
 
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &sink.id().unwrap().to_string()])
-        .status();
-    let _ = tokio::time::timeout(Duration::from_secs(30), sink.wait()).await;
+    sink.sigterm();
+    sink.wait(Duration::from_secs(30)).await;
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -5,7 +5,7 @@
 use chrono::{TimeZone, Utc};
 use schemas::TrendingVideo;
 
-use crate::common::wire;
+use sink_connector::testing::wire;
 
 /// What the sink must do with a case.
 #[derive(Debug, Clone, PartialEq)]
@@ -74,7 +74,7 @@ fn k(s: &str) -> Option<Vec<u8>> {
 /// unrelated record schema `{"x": long}`; `fetched_ms` a plausible `fetched_at`.
 /// `recursive_id` that of a record schema containing itself (`Node { next: null | Node }`).
 pub fn cases(id: u32, other_id: u32, recursive_id: u32, fetched_ms: i64) -> Vec<Case> {
-    use Expect::*;
+    use Expect::{Dlq, DlqWithoutKeyOrValue, DlqWithoutValue, Written};
     let at = Utc.timestamp_millis_opt(fetched_ms).unwrap();
     let video = |vid: &str| schemas::sample(vid, "FR", 1, at);
     let valid = wire(id, &avro(&video("BADVALID001")));

@@ -1,15 +1,12 @@
-//! Helpers of the sink's integration tests: run the real binary, produce records, read
-//! committed offsets and tables.
-
-#![allow(dead_code)]
+//! Helpers of the sink's integration tests (feature `testing`): run the real binary, produce
+//! records, read committed offsets and tables. The stack-wide harness (fresh topics, groups and
+//! databases, processes, readers) is `plumbing::testing`.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
-use plumbing::testing::{unique, Stack, TestDatabase};
+use plumbing::testing::{workspace_binary, Process, Stack, TestDatabase};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -19,7 +16,6 @@ use schema_registry_converter::async_impl::schema_registry::{post_schema, SrSett
 use schema_registry_converter::avro_common::get_supplied_schema;
 use schema_registry_converter::schema_registry_common::SubjectNameStrategy;
 use schemas::TrendingVideo;
-use tokio::process::{Child, Command};
 use tokio_postgres::NoTls;
 
 pub const WAIT: Duration = Duration::from_secs(60);
@@ -27,11 +23,25 @@ pub const WAIT: Duration = Duration::from_secs(60);
 /// A record as bytes: key and value, either possibly absent.
 pub type Raw = (Option<Vec<u8>>, Option<Vec<u8>>);
 
+/// A sink connector run by a test (see `plumbing::testing::Process` for logs, signals, wait
+/// and its HTTP address), its database password known so that no log line may carry it.
 pub struct Sink {
-    pub child: Child,
-    pub log: PathBuf,
+    process: Process,
     /// The database password inside DATABASE_URL, which must reach no log line.
     secret: String,
+}
+
+impl std::ops::Deref for Sink {
+    type Target = Process;
+    fn deref(&self) -> &Process {
+        &self.process
+    }
+}
+
+impl std::ops::DerefMut for Sink {
+    fn deref_mut(&mut self) -> &mut Process {
+        &mut self.process
+    }
 }
 
 impl Sink {
@@ -42,30 +52,22 @@ impl Sink {
         group: &str,
         extra: &[(&str, &str)],
     ) -> Sink {
-        let log = std::env::temp_dir().join(format!("{}.log", unique("sink-")));
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sink-connector"));
-        cmd.env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("DATABASE_URL", &db.url)
-            .env("KAFKA_TOPIC", topic)
-            .env("KAFKA_GROUP_ID", group)
-            .env("KAFKA_BOOTSTRAP_SERVERS", &stack.kafka_bootstrap)
-            .env("SCHEMA_REGISTRY_URL", &stack.registry_url)
-            .env("HTTP_ADDR", "127.0.0.1:0")
-            .env("SINK_BATCH_MAX_WAIT", "100ms")
-            .env("RETRY_INITIAL_BACKOFF", "100ms")
-            .env("RETRY_MAX_BACKOFF", "1s")
-            .env("LOG_FORMAT", "json")
-            .env("LOG_LEVEL", "info,sink_connector=debug");
-        for (k, v) in extra {
-            cmd.env(k, v);
-        }
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
+        let mut env = vec![
+            ("DATABASE_URL", db.url.as_str()),
+            ("KAFKA_TOPIC", topic),
+            ("KAFKA_GROUP_ID", group),
+            ("KAFKA_BOOTSTRAP_SERVERS", stack.kafka_bootstrap.as_str()),
+            ("SCHEMA_REGISTRY_URL", stack.registry_url.as_str()),
+            ("HTTP_ADDR", "127.0.0.1:0"),
+            ("SINK_BATCH_MAX_WAIT", "100ms"),
+            ("RETRY_INITIAL_BACKOFF", "100ms"),
+            ("RETRY_MAX_BACKOFF", "1s"),
+            ("LOG_FORMAT", "json"),
+            ("LOG_LEVEL", "info,sink_connector=debug"),
+        ];
+        // Later entries win: `extra` overrides the defaults.
+        env.extend_from_slice(extra);
+        let process = Process::spawn(&workspace_binary("sink-connector"), &env);
         // postgres://user:PASSWORD@host...
         let secret = db
             .url
@@ -74,29 +76,7 @@ impl Sink {
             .and_then(|(userinfo, _)| userinfo.split_once(':'))
             .map(|(_, password)| password.to_string())
             .expect("the test database URL carries a password");
-        Sink { child, log, secret }
-    }
-
-    pub fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    pub fn sigterm(&self) {
-        let pid = self.child.id().expect("running").to_string();
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap();
-    }
-
-    pub async fn wait(&mut self, timeout: Duration) -> ExitStatus {
-        match tokio::time::timeout(timeout, self.child.wait()).await {
-            Ok(s) => s.unwrap(),
-            Err(_) => panic!(
-                "the sink did not exit within {timeout:?}; logs:\n{}",
-                self.logs()
-            ),
-        }
+        Sink { process, secret }
     }
 
     pub async fn stop(mut self) {
@@ -120,13 +100,6 @@ pub fn at(s: i64) -> DateTime<Utc> {
 }
 
 /// An idempotent producer that waits for every replica, as the source's.
-pub fn producer(stack: &Stack) -> FutureProducer {
-    stack
-        .kafka_config(&[("enable.idempotence", "true"), ("acks", "all")])
-        .create()
-        .unwrap()
-}
-
 /// Produces raw key/value pairs; returns per partition the offset after the last record.
 pub async fn produce_raw(p: &FutureProducer, topic: &str, records: Vec<Raw>) -> HashMap<i32, i64> {
     let mut ends = HashMap::new();
@@ -407,33 +380,6 @@ pub fn read_all(stack: &Stack, topic: &str) -> Vec<OwnedMessage> {
     plumbing::testing::read_to_end(stack.kafka_config(&[]), topic)
 }
 
-pub fn sigkill(sink: &Sink) {
-    let pid = sink.child.id().expect("running").to_string();
-    std::process::Command::new("kill")
-        .args(["-KILL", &pid])
-        .status()
-        .unwrap();
-}
-
-impl Sink {
-    /// The HTTP address the sink logged at start-up (it binds port 0 in tests).
-    pub async fn http_addr(&self) -> String {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(addr) = self
-                .logs()
-                .lines()
-                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                .find_map(|l| l["addr"].as_str().map(str::to_string))
-            {
-                return addr;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "no address logged");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
 /// The HTTP status of GET `path` on the sink's port (0 when it does not answer).
 pub async fn reqwest_status(addr: &str, path: &str) -> u16 {
     match reqwest::get(format!("http://{addr}{path}")).await {
@@ -501,7 +447,7 @@ pub fn pg_ctl(action: &str) {
 
 /// Runs `sink-connector --topic T --group-id G <args>`; returns (exit code, stdout, stderr).
 pub async fn tool(stack: &Stack, topic: &str, group: &str, args: &[&str]) -> (i32, String, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_sink-connector"))
+    let out = tokio::process::Command::new(workspace_binary("sink-connector"))
         .env_clear()
         .env("KAFKA_BOOTSTRAP_SERVERS", &stack.kafka_bootstrap)
         .args(["--topic", topic, "--group-id", group])
