@@ -13,18 +13,19 @@ use crate::telemetry::LogArgs;
 
 /// Runs `connector` until it returns: `Ok(true)` exits 0, `Ok(false)` (a `--once` run that
 /// failed) exits 1, an error is logged and exits 1. `control` builds the connector's control
-/// API, served on the same port from the start, and the handle the connector fills it in
-/// through.
+/// API (its mutating calls behind the token `admin` names), served on the same port from the
+/// start, and the handle the connector fills it in through.
 pub async fn run<T, C, F, Fut>(
     service: &'static str,
     checks: &[&'static str],
     log: &LogArgs,
     http_addr: SocketAddr,
+    admin: &crate::control::AdminArgs,
     control: C,
     connector: F,
 ) -> ExitCode
 where
-    C: FnOnce(&Readiness) -> (axum::Router, T),
+    C: FnOnce(&Readiness, crate::control::Admin) -> (axum::Router, T),
     F: FnOnce(T, Readiness, CancellationToken) -> Fut,
     Fut: Future<Output = anyhow::Result<bool>>,
 {
@@ -32,7 +33,14 @@ where
         eprintln!("error: {e:#}");
         return ExitCode::from(2);
     }
-    match serve_and_run(service, checks, http_addr, control, connector).await {
+    let admin = match admin.token() {
+        Ok(token) => crate::control::Admin::new(service, token),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    match serve_and_run(service, checks, http_addr, admin, control, connector).await {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {
@@ -49,11 +57,12 @@ async fn serve_and_run<T, C, F, Fut>(
     service: &'static str,
     checks: &[&'static str],
     http_addr: SocketAddr,
+    admin: crate::control::Admin,
     control: C,
     connector: F,
 ) -> anyhow::Result<bool>
 where
-    C: FnOnce(&Readiness) -> (axum::Router, T),
+    C: FnOnce(&Readiness, crate::control::Admin) -> (axum::Router, T),
     F: FnOnce(T, Readiness, CancellationToken) -> Fut,
     Fut: Future<Output = anyhow::Result<bool>>,
 {
@@ -62,7 +71,7 @@ where
     let readiness = Readiness::new(service, checks);
     // The HTTP port outlives the connector's drain, so /metrics is scraped until the end.
     let server_stop = CancellationToken::new();
-    let (routes, handle) = control(&readiness);
+    let (routes, handle) = control(&readiness, admin);
     let (_, server) = crate::serve::spawn(
         http_addr,
         metrics,

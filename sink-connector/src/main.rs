@@ -44,21 +44,14 @@ async fn main() -> ExitCode {
             }
         };
     }
-    let token = match config.admin.token() {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            return ExitCode::from(2);
-        }
-    };
-    let (log, http_addr) = (config.log.clone(), config.http_addr);
-    let admin = plumbing::control::Admin::new("sink", token);
+    let (log, http_addr, admin) = (config.log.clone(), config.http_addr, config.admin.clone());
     plumbing::service::run(
         "sink",
         sink_connector::READINESS_CHECKS,
         &log,
         http_addr,
-        move |readiness| {
+        &admin,
+        move |readiness, admin| {
             let control = Control::new(&config, readiness.clone());
             (control.router(admin), (control, config))
         },

@@ -14,21 +14,14 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let token = match config.admin.token() {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            return ExitCode::from(2);
-        }
-    };
-    let (log, http_addr) = (config.log.clone(), config.http_addr);
-    let admin = plumbing::control::Admin::new("source", token);
+    let (log, http_addr, admin) = (config.log.clone(), config.http_addr, config.admin.clone());
     plumbing::service::run(
         "source",
         source_connector::READINESS_CHECKS,
         &log,
         http_addr,
-        move |readiness| {
+        &admin,
+        move |readiness, admin| {
             let quota = std::sync::Arc::new(QuotaMeter::default());
             let control = Control::new(&config, readiness.clone(), quota.clone());
             (control.router(admin), (control, quota, config))
