@@ -182,6 +182,20 @@ impl Config {
     }
 
     /// The API key, from YOUTUBE_API_KEY_FILE or YOUTUBE_API_KEY.
+    /// What the API client needs.
+    pub fn api_settings(&self) -> crate::youtube::Settings {
+        crate::youtube::Settings {
+            base_url: self.api_base_url.clone(),
+            key_in: self.api_key_in,
+            timeout: self.api_timeout,
+            backoff: plumbing::backoff::Backoff::new(
+                self.retry_initial_backoff,
+                self.retry_max_backoff,
+            ),
+            max_attempts: self.api_max_attempts,
+        }
+    }
+
     pub fn api_key(&self) -> anyhow::Result<SecretString> {
         plumbing::secret::from_env_or_file(
             "YOUTUBE_API_KEY",

@@ -7,11 +7,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use metrics::{counter, gauge, histogram};
 
-use crate::youtube::{ApiError, Endpoint};
-
 /// One HTTP call to the API (each costs 1 quota unit, even when it fails).
 pub struct ApiCalled<'a> {
-    pub endpoint: Endpoint,
+    /// The API method (`videos`, `videoCategories`).
+    pub endpoint: &'static str,
     pub region: &'a str,
     /// `None` when no response came back (network error, timeout).
     pub status: Option<u16>,
@@ -25,8 +24,8 @@ impl ApiCalled<'_> {
             .status
             .map(|s| s.to_string())
             .unwrap_or_else(|| "none".into());
-        tracing::debug!(endpoint = self.endpoint.as_str(), region = self.region, %status, "API call");
-        counter!("source_api_requests_total", "endpoint" => self.endpoint.as_str(), "status" => status)
+        tracing::debug!(endpoint = self.endpoint, region = self.region, %status, "API call");
+        counter!("source_api_requests_total", "endpoint" => self.endpoint, "status" => status)
             .increment(1);
         counter!("source_api_quota_units_total", "region" => self.region.to_string()).increment(1);
         gauge!("source_api_quota_units_today", "region" => self.region.to_string())
@@ -36,9 +35,11 @@ impl ApiCalled<'_> {
 
 /// A transient API failure that will be retried.
 pub struct ApiRetrying<'a> {
-    pub endpoint: Endpoint,
+    pub endpoint: &'static str,
     pub region: &'a str,
-    pub error: &'a ApiError,
+    pub error: &'a dyn std::fmt::Display,
+    /// The error's kind, a bounded label.
+    pub kind: &'static str,
     pub attempt: u32,
     pub delay: Duration,
 }
@@ -46,14 +47,14 @@ pub struct ApiRetrying<'a> {
 impl ApiRetrying<'_> {
     pub fn emit(&self) {
         tracing::warn!(
-            endpoint = self.endpoint.as_str(),
+            endpoint = self.endpoint,
             region = self.region,
             attempt = self.attempt,
             retry_in_ms = self.delay.as_millis() as u64,
             error = %self.error,
             "API call failed, retrying"
         );
-        counter!("source_api_retries_total", "endpoint" => self.endpoint.as_str(), "reason" => self.error.kind())
+        counter!("source_api_retries_total", "endpoint" => self.endpoint, "reason" => self.kind)
             .increment(1);
     }
 }

@@ -56,7 +56,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<bool> {
     let key = config.api_key()?;
-    let client = youtube::Client::new(&config, key, quota).context("building the HTTP client")?;
+    let client = youtube::Client::new(config.api_settings(), key, quota)
+        .context("building the HTTP client")?;
     let transactions = Transactions::new(
         &config.kafka,
         &config.transactional_id(),

@@ -10,7 +10,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use super::error::{network, ApiError};
 use super::response::{CategoryListResponse, ErrorResponse, Video, VideoListResponse};
-use crate::config::{Config, KeyPlacement};
+use crate::config::KeyPlacement;
 use crate::events::{ApiCalled, ApiRetrying};
 
 /// The API answers at most 50 items per page.
@@ -45,14 +45,26 @@ pub struct Client {
     quota: std::sync::Arc<crate::quota::QuotaMeter>,
 }
 
+/// What the client needs of the configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub base_url: String,
+    pub key_in: KeyPlacement,
+    /// Of one request.
+    pub timeout: std::time::Duration,
+    /// Between attempts of one call.
+    pub backoff: Backoff,
+    pub max_attempts: u32,
+}
+
 impl Client {
     pub fn new(
-        config: &Config,
+        settings: Settings,
         key: SecretString,
         quota: std::sync::Arc<crate::quota::QuotaMeter>,
     ) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
-            .timeout(config.api_timeout)
+            .timeout(settings.timeout)
             // The API never redirects, and reqwest would carry `x-goog-api-key` to whatever
             // host a redirect names.
             .redirect(reqwest::redirect::Policy::none())
@@ -63,11 +75,11 @@ impl Client {
             .build()?;
         Ok(Client {
             http,
-            base_url: config.api_base_url.trim_end_matches('/').to_string(),
+            base_url: settings.base_url.trim_end_matches('/').to_string(),
             key,
-            key_in: config.api_key_in,
-            backoff: Backoff::new(config.retry_initial_backoff, config.retry_max_backoff),
-            max_attempts: config.api_max_attempts,
+            key_in: settings.key_in,
+            backoff: settings.backoff,
+            max_attempts: settings.max_attempts,
             quota,
         })
     }
@@ -165,9 +177,10 @@ impl Client {
                         _ => self.backoff.delay(attempt),
                     };
                     ApiRetrying {
-                        endpoint,
+                        endpoint: endpoint.as_str(),
                         region,
                         error: &e,
+                        kind: e.kind(),
                         attempt: attempt + 1,
                         delay,
                     }
@@ -196,7 +209,7 @@ impl Client {
         };
         let sent = request.send().await;
         ApiCalled {
-            endpoint,
+            endpoint: endpoint.as_str(),
             region,
             status: sent.as_ref().ok().map(|r| r.status().as_u16()),
             units_today: self.quota.spend(region, chrono::Utc::now()),

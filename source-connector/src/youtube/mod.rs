@@ -9,6 +9,6 @@ mod client;
 mod error;
 mod response;
 
-pub use client::{Client, Endpoint, MAX_RESPONSE_BYTES};
+pub use client::{Client, Endpoint, Settings, MAX_RESPONSE_BYTES};
 pub use error::ApiError;
 pub use response::{ContentDetails, Snippet, Statistics, Thumbnail, Video, VideoListResponse};
