@@ -99,7 +99,6 @@ pub fn at(s: i64) -> DateTime<Utc> {
     Utc.timestamp_opt(s, 0).unwrap()
 }
 
-/// An idempotent producer that waits for every replica, as the source's.
 /// Produces raw key/value pairs; returns per partition the offset after the last record.
 pub async fn produce_raw(p: &FutureProducer, topic: &str, records: Vec<Raw>) -> HashMap<i32, i64> {
     let mut ends = HashMap::new();

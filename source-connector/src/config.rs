@@ -181,7 +181,6 @@ impl Config {
             .unwrap_or_else(|| format!("{}.source", self.topic))
     }
 
-    /// The API key, from YOUTUBE_API_KEY_FILE or YOUTUBE_API_KEY.
     /// What the API client needs.
     pub fn api_settings(&self) -> crate::youtube::Settings {
         crate::youtube::Settings {
@@ -196,6 +195,7 @@ impl Config {
         }
     }
 
+    /// The API key, from YOUTUBE_API_KEY_FILE or YOUTUBE_API_KEY.
     pub fn api_key(&self) -> anyhow::Result<SecretString> {
         plumbing::secret::from_env_or_file(
             "YOUTUBE_API_KEY",

@@ -198,8 +198,12 @@ impl Transactions {
         }
     }
 
-    /// After a failed step: aborts the transaction; keeps the producer if that worked, else
-    /// leaves it to be replaced at the next transaction.
+    /// After a failed step: aborts the transaction and leaves the producer to be replaced at the
+    /// next transaction, whether the abort worked or not. An abort that works proves the
+    /// coordinator answers, not that sends do: after a broker frozen for 15 s, a kept producer
+    /// timed out on every send for minutes while its aborts succeeded (librdkafka kept a
+    /// broker connection it had lost); a new one bootstraps afresh, and its
+    /// `init_transactions` completes whatever the old one left open.
     async fn failed(
         &self,
         state: &mut State,
@@ -215,7 +219,7 @@ impl Transactions {
                 *state = State::Fenced;
                 retire(producer);
             }
-            (_, Ok(())) => *state = State::Ready(producer),
+            (_, Ok(())) => retire(producer),
             (_, Err(e)) => {
                 tracing::warn!(error = %e,
                     "Aborting the transaction failed: the producer is replaced, which aborts it");
