@@ -48,6 +48,17 @@ pub struct Control {
     /// An offsets change waiting for the pipeline's next quiet moment.
     change: Mutex<Option<OffsetsChange>>,
     next_change: std::sync::atomic::AtomicU64,
+    /// The last failure a stage retried.
+    last_error: Mutex<Option<LastError>>,
+}
+
+/// The last failure a stage retried: which dependency, what kind, when. Its text stays in the
+/// logs (it can quote a record or a URL).
+#[derive(Debug, Clone, Serialize)]
+pub struct LastError {
+    pub dependency: &'static str,
+    pub kind: &'static str,
+    pub at: chrono::DateTime<chrono::Utc>,
 }
 
 /// The running sink's parts `/status` reads.
@@ -77,6 +88,7 @@ impl Control {
             live: OnceLock::new(),
             change: Mutex::new(None),
             next_change: Default::default(),
+            last_error: Mutex::new(None),
         })
     }
 
@@ -92,6 +104,15 @@ impl Control {
             )
             .route_layer(axum::middleware::from_fn_with_state(admin, require_token))
             .with_state(self.clone())
+    }
+
+    /// A stage failed on `dependency` and retries.
+    pub fn failed(&self, dependency: &'static str, kind: &'static str) {
+        *self.last_error.lock().expect("last error lock") = Some(LastError {
+            dependency,
+            kind,
+            at: chrono::Utc::now(),
+        });
     }
 
     pub fn attach(&self, live: Live) {
@@ -204,6 +225,8 @@ struct Status {
     /// Pausing lasts as long as the process.
     pause_survives_restart: bool,
     failing: Vec<Failing>,
+    /// The last failure a stage retried, gone or not.
+    last_error: Option<LastError>,
     partitions: Vec<PartitionStatus>,
 }
 
@@ -249,6 +272,7 @@ async fn status(State(control): State<Arc<Control>>) -> Json<Status> {
         group: control.group.clone(),
         pause_survives_restart: false,
         failing,
+        last_error: control.last_error.lock().expect("last error lock").clone(),
         partitions,
     })
 }

@@ -252,7 +252,7 @@ impl Sink {
         )?;
         // Migrations (unless skipped), a query within the write timeout, then the history's
         // partitions.
-        retry_boot(&backoff, &readiness, "postgres", || async {
+        retry_boot(&backoff, &readiness, &control, "postgres", || async {
             if !config.skip_migrations {
                 migrate::run(&mut *writer.client().await?).await?;
             }
@@ -268,11 +268,11 @@ impl Sink {
             replication: config.kafka.kafka_topic_replication,
             configs: HashMap::new(),
         };
-        retry_boot(&backoff, &readiness, "kafka", || {
+        retry_boot(&backoff, &readiness, &control, "kafka", || {
             ensure_topics(&kafka_config, std::slice::from_ref(&dlq_spec))
         })
         .await?;
-        retry_boot(&backoff, &readiness, "schema_registry", || {
+        retry_boot(&backoff, &readiness, &control, "schema_registry", || {
             decoder.check_registry()
         })
         .await?;
@@ -327,6 +327,7 @@ impl Sink {
         let on_failure = |e: &KafkaError, attempt, delay| {
             failed = true;
             self.readiness.set_not_ready("kafka", e.to_string());
+            self.control.failed("kafka", "consume");
             DependencyRetrying {
                 dependency: "kafka",
                 kind: "consume",
@@ -531,6 +532,7 @@ impl Sink {
         let on_failure = |e: &E, attempt, delay| {
             held.get_or_insert_with(|| self.pause.hold());
             self.readiness.set_not_ready(dependency, e.to_string());
+            self.control.failed(dependency, kind(e));
             DependencyRetrying {
                 dependency,
                 kind: kind(e),
@@ -557,6 +559,7 @@ impl Sink {
 async fn retry_boot<T, E, F, Fut>(
     backoff: &Backoff,
     readiness: &Readiness,
+    control: &Control,
     check: &'static str,
     f: F,
 ) -> Result<T, E>
@@ -567,6 +570,7 @@ where
 {
     let on_failure = |e: &E, attempt, delay| {
         readiness.set_not_ready(check, e.to_string());
+        control.failed(check, "startup");
         DependencyRetrying {
             dependency: check,
             kind: "startup",

@@ -83,5 +83,15 @@ async fn postgres_down_mid_stream_loses_nothing_and_commits_nothing_early() {
         .unwrap()
         .get(0);
     assert_eq!(n, 200);
+    // The control API's status: nothing failing now, and the outage as the last error.
+    let status: serde_json::Value = reqwest::get(format!("http://{addr}/status"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["failing"], serde_json::json!([]), "{status}");
+    assert_eq!(status["last_error"]["dependency"], "postgres", "{status}");
+    assert!(status["last_error"]["at"].is_string(), "{status}");
     sink.stop().await;
 }
