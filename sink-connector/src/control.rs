@@ -36,7 +36,6 @@ const APPLY_WAIT: Duration = Duration::from_secs(30);
 
 /// What the routes and the pipeline share.
 pub struct Control {
-    name: String,
     worker_id: String,
     kafka: KafkaArgs,
     topic: String,
@@ -78,7 +77,6 @@ pub struct OffsetsChange {
 impl Control {
     pub fn new(config: &crate::config::Config, readiness: Readiness) -> Arc<Control> {
         Arc::new(Control {
-            name: "sink-connector".into(),
             worker_id: config.http_addr.to_string(),
             kafka: config.kafka.clone(),
             topic: config.topic.clone(),
@@ -217,7 +215,7 @@ fn unavailable(message: String) -> ApiError {
 
 #[derive(Serialize)]
 struct Status {
-    name: String,
+    name: &'static str,
     r#type: &'static str,
     connector: ConnectorState,
     topic: String,
@@ -265,7 +263,7 @@ async fn status(State(control): State<Arc<Control>>) -> Json<Status> {
     };
     let (connector, failing) = ConnectorState::new(state, &control.worker_id, &control.readiness);
     Json(Status {
-        name: control.name.clone(),
+        name: "sink-connector",
         r#type: "sink",
         connector,
         topic: control.topic.clone(),

@@ -46,7 +46,7 @@ pub enum RegionPhase {
     Stopped,
 }
 
-/// One region as `/status` shows it.
+/// Where one region stands, as the region loop reports it.
 #[derive(Debug, Clone, Serialize)]
 pub struct RegionStatus {
     pub region: String,
@@ -55,7 +55,15 @@ pub struct RegionStatus {
     pub last_success_videos: Option<usize>,
     pub next_poll_at: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
-    pub quota_units_today: u64,
+}
+
+/// A region in `/status`: its status and the quota units it spent today (counted by the API
+/// client's meter, read at each call).
+#[derive(Serialize)]
+struct RegionView {
+    #[serde(flatten)]
+    status: RegionStatus,
+    quota_units_today: u64,
 }
 
 /// What the routes and the region loops share.
@@ -89,7 +97,6 @@ impl Control {
                         last_success_videos: None,
                         next_poll_at: None,
                         last_error: None,
-                        quota_units_today: 0,
                     },
                 )
             })
@@ -183,7 +190,7 @@ struct Status {
     pause_survives_restart: bool,
     failing: Vec<Failing>,
     quota: Quota,
-    regions: Vec<RegionStatus>,
+    regions: Vec<RegionView>,
 }
 
 #[derive(Serialize)]
@@ -206,9 +213,9 @@ async fn status(State(control): State<Arc<Control>>) -> Json<Status> {
         .lock()
         .expect("regions lock")
         .values()
-        .map(|s| RegionStatus {
+        .map(|s| RegionView {
             quota_units_today: control.quota.spent(&s.region, now),
-            ..s.clone()
+            status: s.clone(),
         })
         .collect();
     let (connector, failing) = ConnectorState::new(state, &control.worker_id, &control.readiness);

@@ -214,18 +214,13 @@ impl Transactions {
         let timeout = self.timeout;
         let aborted = blocking(move || aborting.abort_transaction(timeout)).await;
         let error = self.classify(&producer, error);
-        match (&error, aborted) {
-            (TransactionError::Fenced(_), _) => {
-                *state = State::Fenced;
-                retire(producer);
-            }
-            (_, Ok(())) => retire(producer),
-            (_, Err(e)) => {
-                tracing::warn!(error = %e,
-                    "Aborting the transaction failed: the producer is replaced, which aborts it");
-                retire(producer);
-            }
+        if let TransactionError::Fenced(_) = error {
+            *state = State::Fenced;
+        } else if let Err(e) = aborted {
+            tracing::warn!(error = %e,
+                "Aborting the transaction failed: the producer is replaced, which aborts it");
         }
+        retire(producer);
         error
     }
 
