@@ -148,7 +148,7 @@ impl TrendingVideo {
         let video = TrendingVideo {
             video_id: req_string(&mut f, "video_id")?,
             region_code: req_string(&mut f, "region_code")?,
-            fetched_at: req(&mut f, "fetched_at", timestamp)?,
+            fetched_at: req_timestamp(&mut f, "fetched_at")?,
             rank: req(&mut f, "rank", |v| match v {
                 Value::Int(i) => Some(i),
                 _ => None,
@@ -163,7 +163,7 @@ impl TrendingVideo {
                 Value::Array(items) => items.into_iter().map(string).collect(),
                 _ => None,
             })?,
-            published_at: opt(&mut f, "published_at", timestamp)?,
+            published_at: opt_timestamp(&mut f, "published_at")?,
             default_language: opt(&mut f, "default_language", string)?,
             default_audio_language: opt(&mut f, "default_audio_language", string)?,
             live_broadcast_content: opt(&mut f, "live_broadcast_content", string)?,
@@ -186,7 +186,9 @@ impl TrendingVideo {
         Ok(video)
     }
 
-    /// Checks what the schema cannot: identity fields present, rank and counts in range.
+    /// Checks what the schema cannot: identity fields present, rank and counts in range, and
+    /// what PostgreSQL would refuse: text holding NUL (U+0000, which PostgreSQL's text cannot
+    /// store) and timestamps before its first day (4714-11-24 BC).
     pub fn validate(&self) -> Result<(), RecordError> {
         let invalid = |field, reason: &str| {
             Err(RecordError::Invalid {
@@ -218,9 +220,65 @@ impl TrendingVideo {
         if self.chart_size.is_some_and(|n| n < self.rank) {
             return invalid("chart_size", "smaller than the record's rank");
         }
+        for (field, value) in self.texts() {
+            if value.contains('\0') {
+                return invalid(
+                    field,
+                    "holds a NUL character (U+0000), which PostgreSQL cannot store",
+                );
+            }
+        }
+        for (field, value) in [
+            ("fetched_at", Some(self.fetched_at)),
+            ("published_at", self.published_at),
+        ] {
+            if value.is_some_and(|t| t.timestamp_millis() < POSTGRES_FIRST_MILLIS) {
+                return invalid(field, OUT_OF_POSTGRES_RANGE);
+            }
+        }
         Ok(())
     }
+
+    /// Every text of the record, by field name (each tag under `tags`).
+    fn texts(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        let required = [
+            ("video_id", &self.video_id),
+            ("region_code", &self.region_code),
+        ];
+        let optional = [
+            ("title", &self.title),
+            ("description", &self.description),
+            ("channel_id", &self.channel_id),
+            ("channel_title", &self.channel_title),
+            ("category_id", &self.category_id),
+            ("category_name", &self.category_name),
+            ("default_language", &self.default_language),
+            ("default_audio_language", &self.default_audio_language),
+            ("live_broadcast_content", &self.live_broadcast_content),
+            ("thumbnail_url", &self.thumbnail_url),
+            ("definition", &self.definition),
+            ("dimension", &self.dimension),
+        ];
+        let tags = self.tags.iter().flatten().map(|t| ("tags", t.as_str()));
+        required
+            .into_iter()
+            .map(|(f, v)| (f, v.as_str()))
+            .chain(
+                optional
+                    .into_iter()
+                    .filter_map(|(f, v)| Some((f, v.as_deref()?))),
+            )
+            .chain(tags)
+    }
 }
+
+/// The first instant PostgreSQL's `timestamptz` holds, 4714-11-24 00:00 BC (UTC), in Unix
+/// milliseconds. Its last (294276 AD) lies beyond any date chrono represents, so a value past it
+/// fails as "not a calendar date".
+pub const POSTGRES_FIRST_MILLIS: i64 = -210_866_803_200_000;
+
+const OUT_OF_POSTGRES_RANGE: &str =
+    "outside the range PostgreSQL stores (4714-11-24 BC to 294276 AD)";
 
 fn string(v: Value) -> Option<String> {
     match v {
@@ -243,11 +301,34 @@ fn boolean(v: Value) -> Option<bool> {
     }
 }
 
-fn timestamp(v: Value) -> Option<DateTime<Utc>> {
+fn millis(v: Value) -> Option<i64> {
     match v {
-        Value::TimestampMillis(ms) | Value::Long(ms) => Utc.timestamp_millis_opt(ms).single(),
+        Value::TimestampMillis(ms) | Value::Long(ms) => Some(ms),
         _ => None,
     }
+}
+
+/// A `timestamp-millis` as a date: one beyond any calendar is out of PostgreSQL's range too.
+fn calendar(field: &'static str, ms: i64) -> Result<DateTime<Utc>, RecordError> {
+    Utc.timestamp_millis_opt(ms)
+        .single()
+        .ok_or(RecordError::Invalid {
+            field,
+            reason: OUT_OF_POSTGRES_RANGE.to_string(),
+        })
+}
+
+fn req_timestamp(f: &mut Fields, field: &'static str) -> Result<DateTime<Utc>, RecordError> {
+    calendar(field, req(f, field, millis)?)
+}
+
+fn opt_timestamp(
+    f: &mut Fields,
+    field: &'static str,
+) -> Result<Option<DateTime<Utc>>, RecordError> {
+    opt(f, field, millis)?
+        .map(|ms| calendar(field, ms))
+        .transpose()
 }
 
 /// The fields of a record, taken by name. They come in schema order, so each lookup starts where
@@ -414,6 +495,60 @@ mod tests {
         assert!(v.validate().is_err());
         let v = sample("x", "france", 1, at(0));
         assert!(v.validate().is_err());
+    }
+
+    #[test]
+    fn text_postgresql_cannot_store_is_rejected_with_its_field() {
+        type Change = fn(&mut TrendingVideo);
+        let cases: [(&str, Change); 5] = [
+            ("title", |v| v.title = Some("a\0b".into())),
+            ("description", |v| v.description = Some("\0".into())),
+            ("channel_title", |v| v.channel_title = Some("x\0".into())),
+            ("tags", |v| v.tags = Some(vec!["ok".into(), "n\0".into()])),
+            ("video_id", |v| v.video_id = "a\0".into()),
+        ];
+        for (field, change) in cases {
+            let mut v = sample("x", "FR", 1, at(0));
+            change(&mut v);
+            match TrendingVideo::from_avro(v.to_avro()) {
+                Err(RecordError::Invalid { field: f, reason }) => {
+                    assert_eq!(f, field);
+                    assert!(reason.contains("NUL"), "{reason}");
+                }
+                other => panic!("{field}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn timestamps_outside_postgresql_range_are_rejected() {
+        let mut v = sample("x", "FR", 1, at(0));
+        v.published_at = Some(at(POSTGRES_FIRST_MILLIS));
+        assert!(v.validate().is_ok(), "PostgreSQL's first day is stored");
+        v.published_at = Some(at(POSTGRES_FIRST_MILLIS - 1));
+        assert!(matches!(
+            TrendingVideo::from_avro(v.to_avro()),
+            Err(RecordError::Invalid {
+                field: "published_at",
+                ..
+            })
+        ));
+        // Year 300,000: past PostgreSQL's last day, and chrono's.
+        let mut value = sample("x", "FR", 1, at(0)).to_avro();
+        if let Value::Record(fields) = &mut value {
+            for (name, v) in fields.iter_mut() {
+                if name == "published_at" {
+                    *v = Value::Union(1, Box::new(Value::TimestampMillis(9_404_000_000_000_000)));
+                }
+            }
+        }
+        assert!(matches!(
+            TrendingVideo::from_avro(value),
+            Err(RecordError::Invalid {
+                field: "published_at",
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! The dead-letter topic: poison records (not decodable, unknown schema, invalid) are produced
-//! there with their original key and value bytes and the headers Kafka Connect writes, so
-//! existing DLQ tooling reads them; then the sink commits past them.
+//! The dead-letter topic: poison records (not decodable, unknown schema, invalid, or refused by
+//! PostgreSQL as data) are produced there with their original key and value bytes and the
+//! headers Kafka Connect writes, so existing DLQ tooling reads them; then the sink commits past
+//! them.
 
 use std::time::Duration;
 
@@ -12,6 +13,50 @@ use rdkafka::Message;
 
 use crate::decode::DecodeError;
 use crate::events::DeadLetterTrimmed;
+
+/// Why a record goes to the dead-letter topic.
+#[derive(Debug)]
+pub enum Fault {
+    /// Not decodable, or not a valid record: Kafka Connect's stage `VALUE_CONVERTER`.
+    Undecodable(DecodeError),
+    /// Refused by PostgreSQL as data when written alone (a NUL in text, a timestamp out of
+    /// range, a constraint): Kafka Connect's stage `TASK_PUT`.
+    Refused { sqlstate: String, message: String },
+}
+
+impl Fault {
+    /// Bounded label for metrics, and the last part of the DLQ's exception class name.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Fault::Undecodable(e) => e.reason(),
+            Fault::Refused { .. } => "rejected",
+        }
+    }
+
+    /// The error's text, bounded by [`crate::decode::MAX_ERROR_TEXT`].
+    pub fn message(&self) -> String {
+        match self {
+            Fault::Undecodable(e) => e.message(),
+            Fault::Refused { message, .. } => message.clone(),
+        }
+    }
+
+    /// Kafka Connect's names: the stage, the class that failed and the exception's class.
+    fn names(&self) -> (&'static str, &'static str, String) {
+        match self {
+            Fault::Undecodable(e) => (
+                "VALUE_CONVERTER",
+                "sink_connector::decode::Decoder",
+                format!("sink_connector::decode::DecodeError::{}", e.reason()),
+            ),
+            Fault::Refused { .. } => (
+                "TASK_PUT",
+                "sink_connector::write::Writer",
+                format!("sink_connector::write::WriteError::{}", self.reason()),
+            ),
+        }
+    }
+}
 
 pub struct DeadLetters {
     /// Replaced after a failed send, so the batch's retry starts on a clean producer.
@@ -35,7 +80,7 @@ impl DeadLetters {
     /// retention keeps it.
     pub async fn send(
         &self,
-        poison: &[(&OwnedMessage, &DecodeError)],
+        poison: &[(&OwnedMessage, &Fault)],
     ) -> Result<(), rdkafka::error::KafkaError> {
         self.producer
             .send_with(async |producer| self.send_all(producer, poison).await)
@@ -45,7 +90,7 @@ impl DeadLetters {
     async fn send_all(
         &self,
         producer: &FutureProducer,
-        poison: &[(&OwnedMessage, &DecodeError)],
+        poison: &[(&OwnedMessage, &Fault)],
     ) -> Result<(), rdkafka::error::KafkaError> {
         let sends = poison
             .iter()
@@ -61,7 +106,7 @@ impl DeadLetters {
         &self,
         producer: &FutureProducer,
         m: &OwnedMessage,
-        error: &DecodeError,
+        error: &Fault,
     ) -> Result<(), rdkafka::error::KafkaError> {
         let mut copy = Copied::Whole;
         loop {
@@ -93,13 +138,13 @@ impl DeadLetters {
         &self,
         producer: &FutureProducer,
         m: &OwnedMessage,
-        error: &DecodeError,
+        error: &Fault,
         copy: Copied,
     ) -> Result<(), rdkafka::error::KafkaError> {
         let partition = m.partition().to_string();
         let offset = m.offset().to_string();
         let message = error.message();
-        let class = format!("sink_connector::decode::DecodeError::{}", error.reason());
+        let (stage, class_name, class) = error.names();
         let mut headers = OwnedHeaders::new()
             .insert(h("__connect.errors.topic", m.topic()))
             .insert(h("__connect.errors.partition", &partition))
@@ -109,13 +154,13 @@ impl DeadLetters {
                 "youtube-trending-sink",
             ))
             .insert(h("__connect.errors.task.id", "0"))
-            .insert(h("__connect.errors.stage", "VALUE_CONVERTER"))
-            .insert(h(
-                "__connect.errors.class.name",
-                "sink_connector::decode::Decoder",
-            ))
+            .insert(h("__connect.errors.stage", stage))
+            .insert(h("__connect.errors.class.name", class_name))
             .insert(h("__connect.errors.exception.class.name", &class))
             .insert(h("__connect.errors.exception.message", &message));
+        if let Fault::Refused { sqlstate, .. } = error {
+            headers = headers.insert(h(SQLSTATE_HEADER, sqlstate));
+        }
         let mut record = FutureRecord::<[u8], [u8]>::to(&self.topic);
         let too_large = |what: &str, bytes: usize| {
             format!(
@@ -161,6 +206,8 @@ impl Copied {
     }
 }
 
+/// Header of a dead letter PostgreSQL refused: the SQLSTATE of its error (e.g. `23514`).
+pub const SQLSTATE_HEADER: &str = "youtube_trending.dlq.sqlstate";
 /// Header of a dead-letter record whose value could not be copied.
 pub const VALUE_DROPPED_HEADER: &str = "youtube_trending.dlq.value_dropped";
 /// Header of a dead-letter record whose key could not be copied either.

@@ -55,6 +55,30 @@ impl BatchWritten {
     }
 }
 
+/// PostgreSQL refused the data of some record of a batch: the batch was written in parts until
+/// each refused record was alone (they go to the dead-letter topic as `rejected`).
+pub struct BatchBisected {
+    pub records: usize,
+    pub refused: usize,
+    /// Transactions the batch took, the first (refused) one included.
+    pub transactions: usize,
+    pub duration: Duration,
+}
+
+impl BatchBisected {
+    pub fn emit(&self) {
+        tracing::warn!(
+            records = self.records,
+            refused = self.refused,
+            transactions = self.transactions,
+            write_ms = self.duration.as_millis() as u64,
+            "PostgreSQL refused a record's data: batch written in parts to set the record apart"
+        );
+        counter!("sink_batches_bisected_total").increment(1);
+        counter!("sink_bisection_transactions_total").increment(self.transactions as u64);
+    }
+}
+
 /// Poison records sent to the dead-letter topic, by reason.
 pub struct RecordsDeadLettered<'a> {
     pub topic: &'a str,

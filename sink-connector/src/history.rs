@@ -306,7 +306,10 @@ async fn delete_before(
     }
     let videos = client
         .prepare(
-            "DELETE FROM videos WHERE video_id IN (
+            // The outer condition again: under READ COMMITTED a row a batch refreshed while
+            // this statement waited on its lock is re-checked against that condition only,
+            // so without it the fresh row would be deleted with its `first_seen_at`.
+            "DELETE FROM videos WHERE last_fetched_at < $1 AND video_id IN (
                 SELECT video_id FROM videos WHERE last_fetched_at < $1 LIMIT $2)",
         )
         .await?;

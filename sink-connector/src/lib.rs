@@ -46,12 +46,13 @@ use crate::config::{Config, ErrorsTolerance};
 use crate::consume::SinkConsumer;
 use crate::control::Control;
 use crate::decode::{DecodeError, Decoder};
-use crate::dlq::DeadLetters;
+use crate::dlq::{DeadLetters, Fault};
 use crate::events::{
-    BatchWritten, ChartsIncomplete, DependencyRetrying, HistoryRoundFailed, RecordsDeadLettered,
+    BatchBisected, BatchWritten, ChartsIncomplete, DependencyRetrying, HistoryRoundFailed,
+    RecordsDeadLettered,
 };
 use crate::history::Retention;
-use crate::write::{WriteError, Writer};
+use crate::write::{WriteError, Writer, Written};
 
 /// The dependencies `/readyz` reports on.
 pub const READINESS_CHECKS: &[&str] = &["kafka", "postgres", "schema_registry"];
@@ -227,9 +228,24 @@ async fn keep_history(writer: Writer, retention: Retention) {
 /// A batch decoded, waiting to be written and committed.
 struct Prepared {
     batch: Vec<OwnedMessage>,
-    good: Vec<TrendingVideo>,
+    /// The valid records, with their index in `batch`.
+    good: Vec<(usize, TrendingVideo)>,
     /// Poison records, by index in `batch`.
-    poison: Vec<(usize, DecodeError)>,
+    poison: Vec<(usize, Fault)>,
+}
+
+/// What writing a batch's valid records stored, and the records PostgreSQL refused.
+#[derive(Default)]
+struct Stored {
+    written: Written,
+    /// Older than the retention keeps: not written.
+    expired: usize,
+    /// Records of a video folded into a newer one of the same part.
+    deduplicated: usize,
+    /// Refused as data when written alone, by index in the batch.
+    refused: Vec<(usize, Fault)>,
+    /// Transactions the batch took (1 when nothing was refused).
+    transactions: usize,
 }
 
 impl Sink {
@@ -395,21 +411,11 @@ impl Sink {
         let mut poison = Vec::new();
         for (i, r) in decoded.into_iter().enumerate() {
             match r {
-                Ok(v) => good.push(v),
-                Err(e) => poison.push((i, e)),
+                Ok(v) => good.push((i, v)),
+                Err(e) => poison.push((i, Fault::Undecodable(e))),
             }
         }
-        if let (ErrorsTolerance::None, Some((i, e))) = (self.tolerance, poison.first()) {
-            let m = &batch[*i];
-            bail!(
-                "poison record at {}[{}] offset {}: {}. SINK_ERRORS_TOLERANCE=none: stopping \
-                 without committing past it (set it to `all` to dead-letter such records)",
-                m.topic(),
-                m.partition(),
-                m.offset(),
-                e.message()
-            );
-        }
+        self.tolerate(&batch, &poison)?;
         Ok(Prepared {
             batch,
             good,
@@ -417,41 +423,54 @@ impl Sink {
         })
     }
 
+    /// With `SINK_ERRORS_TOLERANCE=none`, the first poison record stops the sink, before
+    /// anything is committed past it.
+    fn tolerate(&self, batch: &[OwnedMessage], poison: &[(usize, Fault)]) -> anyhow::Result<()> {
+        if let (ErrorsTolerance::None, Some((i, e))) = (self.tolerance, poison.first()) {
+            let m = &batch[*i];
+            bail!(
+                "poison record at {}[{}] offset {} ({}): {}. SINK_ERRORS_TOLERANCE=none: stopping \
+                 without committing past it (set it to `all` to dead-letter such records)",
+                m.topic(),
+                m.partition(),
+                m.offset(),
+                e.reason(),
+                e.message()
+            );
+        }
+        Ok(())
+    }
+
     /// Write, dead-letter, commit; each step retried while its dependency is away.
     async fn finish(&self, prepared: Prepared) -> anyhow::Result<()> {
         let Prepared {
             batch,
             good,
-            poison,
+            mut poison,
         } = prepared;
         let started = Instant::now();
-        let (written, expired, deduplicated) = self
-            .retry(
-                "postgres",
-                |e: &write::WriteError| e.kind(),
-                || async {
-                    // Records older than the retention keeps, at this attempt (a retry may come
-                    // after a round deleted more): not written, so that neither a replay nor a
-                    // late retry brings deleted history back.
-                    let horizon = self.retention.horizon(Utc::now());
-                    let kept: Vec<&TrendingVideo> = good
-                        .iter()
-                        .filter(|v| horizon.is_none_or(|h| v.fetched_at >= h))
-                        .collect();
-                    let deduped = batch::dedup(kept.iter().copied());
-                    let written = self.writer.write(&deduped).await?;
-                    Ok((
-                        written,
-                        good.len() - kept.len(),
-                        deduped.duplicates(kept.len()),
-                    ))
-                },
-            )
-            .await
-            .context("writing a batch to PostgreSQL failed permanently")?;
+        let Stored {
+            written,
+            expired,
+            deduplicated,
+            refused,
+            transactions,
+        } = self.write_bisecting(&good).await?;
+        if transactions > 1 {
+            BatchBisected {
+                records: good.len(),
+                refused: refused.len(),
+                transactions,
+                duration: started.elapsed(),
+            }
+            .emit();
+        }
+        self.tolerate(&batch, &refused)?;
+        poison.extend(refused);
+        poison.sort_by_key(|(i, _)| *i);
         let write_duration = started.elapsed();
         if !poison.is_empty() {
-            let records: Vec<(&OwnedMessage, &DecodeError)> =
+            let records: Vec<(&OwnedMessage, &Fault)> =
                 poison.iter().map(|(i, e)| (&batch[*i], e)).collect();
             self.retry("kafka", |_| "dead_letter", || self.dlq.send(&records))
                 .await?;
@@ -487,11 +506,72 @@ impl Sink {
             write_duration,
             latencies: good
                 .iter()
-                .map(|v| (now - v.fetched_at).num_milliseconds().max(0) as f64 / 1000.0)
+                .map(|(_, v)| (now - v.fetched_at).num_milliseconds().max(0) as f64 / 1000.0)
                 .collect(),
         }
         .emit();
         Ok(())
+    }
+
+    /// Writes a batch's valid records in one transaction. When PostgreSQL refuses the data of
+    /// some record (see [`WriteError::Refused`]), the records are split in halves, each written
+    /// in its own transaction and split again while refused, until each refused record is
+    /// alone: it is returned to be dead-lettered, every other record is written. Each
+    /// transaction is idempotent, so halves written before a crash are simply written again.
+    /// Any other permanent error stops the sink.
+    async fn write_bisecting(&self, good: &[(usize, TrendingVideo)]) -> anyhow::Result<Stored> {
+        let mut stored = Stored::default();
+        // Last in, first out: the halves are written in the batch's order.
+        let mut parts = vec![good];
+        while let Some(part) = parts.pop() {
+            stored.transactions += 1;
+            let attempt = self
+                .retry("postgres", WriteError::kind, || self.write_part(part))
+                .await;
+            match attempt {
+                Ok(s) => {
+                    stored.written += s.written;
+                    stored.expired += s.expired;
+                    stored.deduplicated += s.deduplicated;
+                }
+                Err(WriteError::Refused { sqlstate, message }) if part.len() == 1 => {
+                    stored
+                        .refused
+                        .push((part[0].0, Fault::Refused { sqlstate, message }));
+                }
+                Err(WriteError::Refused { .. }) if part.len() > 1 => {
+                    let (first, second) = part.split_at(part.len() / 2);
+                    parts.push(second);
+                    parts.push(first);
+                }
+                Err(e) => {
+                    let hint = e.hint().map(|h| format!(": {h}")).unwrap_or_default();
+                    bail!("writing a batch to PostgreSQL failed permanently{hint} ({e})");
+                }
+            }
+        }
+        Ok(stored)
+    }
+
+    /// One transaction: the records of `part` the retention keeps, deduplicated.
+    async fn write_part(&self, part: &[(usize, TrendingVideo)]) -> Result<Stored, WriteError> {
+        // Records older than the retention keeps, at this attempt (a retry may come after a
+        // round deleted more): not written, so that neither a replay nor a late retry brings
+        // deleted history back.
+        let horizon = self.retention.horizon(Utc::now());
+        let kept: Vec<&TrendingVideo> = part
+            .iter()
+            .map(|(_, v)| v)
+            .filter(|v| horizon.is_none_or(|h| v.fetched_at >= h))
+            .collect();
+        let deduped = batch::dedup(kept.iter().copied());
+        let written = self.writer.write(&deduped).await?;
+        Ok(Stored {
+            written,
+            expired: part.len() - kept.len(),
+            deduplicated: deduped.duplicates(kept.len()),
+            ..Stored::default()
+        })
     }
 
     /// Decodes every record; fails as a whole only when the registry is unavailable.

@@ -359,6 +359,11 @@ pub enum WriteError {
         message: String,
         retriable: bool,
     },
+    /// PostgreSQL refused the batch's data (SQLSTATE class 22, data exception, or 23, integrity
+    /// constraint violation, such as a `CHECK` an operator added): some record of the batch is
+    /// at fault, not the database. The sink finds it by bisecting the batch.
+    #[error("PostgreSQL refused the data: {message}")]
+    Refused { sqlstate: String, message: String },
 }
 
 impl Retriable for WriteError {
@@ -368,6 +373,7 @@ impl Retriable for WriteError {
         match self {
             WriteError::Pool(_) | WriteError::Timeout(_) | WriteError::Tls(_) => true,
             WriteError::Db { retriable, .. } => *retriable,
+            WriteError::Refused { .. } => false,
         }
     }
 }
@@ -386,7 +392,39 @@ impl WriteError {
             WriteError::Pool(_) => "connection",
             WriteError::Timeout(_) => "timeout",
             WriteError::Db { kind, .. } => kind,
+            WriteError::Refused { .. } => "data",
         }
+    }
+
+    /// What an operator can do about a permanent error that is not the data's, if we know.
+    pub fn hint(&self) -> Option<&'static str> {
+        let WriteError::Db {
+            message,
+            retriable: false,
+            ..
+        } = self
+        else {
+            return None;
+        };
+        let code = message.split(':').next().unwrap_or_default();
+        Some(match code {
+            "25006" => {
+                "the database is read-only (a standby, or default_transaction_read_only): point \
+                 DATABASE_URL at the primary"
+            }
+            "42P01" | "42703" => {
+                "a table or column the sink writes is missing: let the sink run its migrations \
+                 (unset SINK_SKIP_MIGRATIONS) or apply migrations/ by hand"
+            }
+            "42501" => {
+                "the sink's database user lacks a privilege on its tables: grant it (see \
+                 postgres/init-roles.sh)"
+            }
+            c if c.starts_with("28") => {
+                "PostgreSQL refused the sink's credentials: check DATABASE_URL"
+            }
+            _ => return None,
+        })
     }
 }
 
@@ -435,7 +473,14 @@ impl From<tokio_postgres::Error> for WriteError {
             {
                 ("no_partition", true)
             }
-            Some(_) => ("rejected", false),
+            Some(c) if c.code().starts_with("22") || c.code().starts_with("23") => {
+                return WriteError::Refused {
+                    sqlstate: c.code().to_string(),
+                    message: crate::decode::excerpt(&message, crate::decode::MAX_ERROR_TEXT)
+                        .into_owned(),
+                };
+            }
+            Some(_) => ("permanent", false),
         };
         WriteError::Db {
             kind,
@@ -451,6 +496,13 @@ pub struct Written {
     /// Rows of `videos` inserted or updated (rows kept by the guard are not counted).
     pub videos: u64,
     pub snapshots: u64,
+}
+
+impl std::ops::AddAssign for Written {
+    fn add_assign(&mut self, other: Written) {
+        self.videos += other.videos;
+        self.snapshots += other.snapshots;
+    }
 }
 
 #[derive(Clone)]

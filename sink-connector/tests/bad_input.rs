@@ -27,6 +27,11 @@ async fn every_kind_of_bad_input_is_dead_lettered_and_the_records_around_it_are_
         .unwrap();
     let group = unique("sink-");
     let db = stack.create_database().await.unwrap();
+    // The tables first (the sink's own migrations then find nothing to do), and an operator's
+    // CHECK on them, which one valid record of the corpus breaks.
+    let mut c = connect(&db).await;
+    sink_connector::migrate::run(&mut c).await.unwrap();
+    c.batch_execute(corpus::CHECK_CONSTRAINT).await.unwrap();
     let id = register(&stack, &format!("{topic}-value"), schemas::schema()).await;
     let other = apache_avro::Schema::parse_str(
         r#"{"type":"record","name":"Other","namespace":"corpus","fields":[{"name":"x","type":"long"}]}"#,
@@ -106,7 +111,17 @@ async fn every_kind_of_bad_input_is_dead_lettered_and_the_records_around_it_are_
         );
         assert_eq!(header(m, "__connect.errors.topic"), topic);
         assert_eq!(header(m, "__connect.errors.partition"), "0");
-        assert_eq!(header(m, "__connect.errors.stage"), "VALUE_CONVERTER");
+        if expected == "rejected" {
+            // Refused by PostgreSQL when written: Kafka Connect's stage of a sink's put.
+            assert_eq!(header(m, "__connect.errors.stage"), "TASK_PUT");
+            assert_eq!(header(m, sink_connector::dlq::SQLSTATE_HEADER), "23514");
+            assert!(
+                header(m, "__connect.errors.exception.message").contains("corpus_rank_below_1000"),
+                "the constraint named"
+            );
+        } else {
+            assert_eq!(header(m, "__connect.errors.stage"), "VALUE_CONVERTER");
+        }
         let message = header(m, "__connect.errors.exception.message");
         assert!(
             message.len() <= sink_connector::decode::MAX_ERROR_TEXT + 64,
@@ -143,8 +158,28 @@ async fn every_kind_of_bad_input_is_dead_lettered_and_the_records_around_it_are_
         assert_eq!(*n, expected, "`{}` dead-lettered {n} times", case.name);
     }
 
+    assert_eq!(
+        sink_connector::testing::reqwest_status(&sink.http_addr().await, "/readyz").await,
+        200,
+        "the sink stays ready"
+    );
+    let metrics = sink_connector::testing::scrape(&sink.http_addr().await).await;
+    assert_eq!(
+        plumbing::testing::metric_sample(
+            &metrics,
+            "sink_records_dead_lettered_total",
+            &[("reason", "rejected")]
+        ),
+        Some(1.0),
+        "one record refused by PostgreSQL"
+    );
+    assert!(
+        plumbing::testing::metric_sample(&metrics, "sink_batches_bisected_total", &[])
+            .is_some_and(|n| n >= 1.0),
+        "the batch holding it was bisected"
+    );
+
     // Tables: every valid record, and the awkward valid cases.
-    let c = connect(&db).await;
     for i in 0..=cases.len() {
         let n: i64 = c
             .query_one(

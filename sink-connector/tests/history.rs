@@ -340,3 +340,89 @@ async fn a_snapshot_stored_again_with_other_values_is_rewritten_and_counted_once
     );
     sink.stop().await;
 }
+
+/// The retention round and a batch race on one video: the batch refreshes the row (its
+/// transaction held open) while the round's delete waits on that row's lock. The fresh row
+/// must stay, with its `first_seen_at`.
+#[tokio::test]
+async fn a_video_a_batch_refreshes_while_the_retention_deletes_is_kept() {
+    let stack = Stack::from_env().unwrap();
+    let db = stack.create_database().await.unwrap();
+    let mut setup = connect(&db).await;
+    sink_connector::migrate::run(&mut setup).await.unwrap();
+    let now = Utc::now();
+    let old = now - Duration::days(40);
+    setup
+        .execute(
+            "INSERT INTO videos (video_id, region_code, rank, first_seen_at, last_fetched_at)
+             VALUES ('RACE1', 'FR', 7, $1, $1), ('GONE1', 'FR', 8, $1, $1)",
+            &[&old],
+        )
+        .await
+        .unwrap();
+
+    // The batch: its row refreshed, not yet committed.
+    let mut batch = connect(&db).await;
+    let tx = batch.transaction().await.unwrap();
+    tx.execute(
+        "UPDATE videos SET last_fetched_at = $1, rank = 1 WHERE video_id = 'RACE1'",
+        &[&now],
+    )
+    .await
+    .unwrap();
+
+    // The round, on its own connection: it waits on RACE1's lock.
+    let mut upkeep = connect(&db).await;
+    let round = tokio::spawn(async move {
+        let retention = sink_connector::history::Retention::parse("30d").unwrap();
+        sink_connector::history::Partitions::default()
+            .round(&mut upkeep, retention, Utc::now())
+            .await
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let waiting: i64 = setup
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'
+                   AND query LIKE 'DELETE FROM videos%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline && !round.is_finished(),
+            "the round's delete never waited on the batch's row"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    tx.commit().await.unwrap();
+    round.await.unwrap().unwrap();
+
+    let rows = setup
+        .query(
+            "SELECT video_id, rank, first_seen_at FROM videos ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    let kept: Vec<(String, i32, DateTime<Utc>)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        kept.iter().map(|(id, ..)| id.as_str()).collect::<Vec<_>>(),
+        ["RACE1"],
+        "the refreshed video stays, the expired one goes"
+    );
+    assert_eq!(kept[0].1, 1);
+    assert_eq!(
+        kept[0].2.timestamp_millis(),
+        old.timestamp_millis(),
+        "first_seen_at kept"
+    );
+}

@@ -143,7 +143,23 @@ impl Config {
                 bail!("YOUTUBE_REGIONS: `{r}` is not an ISO 3166-1 alpha-2 code such as FR or US");
             }
         }
-        self.regions.dedup();
+        let mut seen = std::collections::HashSet::new();
+        if let Some(twice) = self.regions.iter().find(|r| !seen.insert(*r)) {
+            bail!("YOUTUBE_REGIONS names {twice} twice: list each region once");
+        }
+        let unknown = |r: &&String| isocountry::CountryCode::for_alpha2(r).is_err();
+        if let Some(unknown) = self.regions.iter().find(unknown) {
+            // The one such slip users make: YouTube names the United Kingdom by ISO's code.
+            let hint = if unknown == "UK" {
+                " (the United Kingdom is GB)"
+            } else {
+                ""
+            };
+            bail!(
+                "YOUTUBE_REGIONS: `{unknown}` is not an ISO 3166-1 alpha-2 country code{hint}; \
+                 YouTube's regions are listed by its i18nRegions.list"
+            );
+        }
         if self.regions.is_empty() {
             bail!("YOUTUBE_REGIONS is empty: name at least one region, e.g. FR");
         }
@@ -179,6 +195,11 @@ impl Config {
         self.transactional_id
             .clone()
             .unwrap_or_else(|| format!("{}.source", self.topic))
+    }
+
+    /// Where this source's target state (paused or not) is kept in the state topic.
+    pub fn target_key(&self) -> crate::state::TargetKey {
+        crate::state::TargetKey::new(&self.transactional_id(), self.transactional_id.is_none())
     }
 
     /// What the API client needs.
@@ -278,5 +299,25 @@ mod tests {
             .validate()
             .unwrap_err();
         assert!(err.to_string().contains("alpha-2"));
+        for (regions, says) in [
+            ("FR,US,FR", "names FR twice"),
+            ("fr,FR", "names FR twice"),
+            (
+                "FR,UK",
+                "`UK` is not an ISO 3166-1 alpha-2 country code (the United Kingdom is GB)",
+            ),
+            ("ZZ", "`ZZ` is not an ISO 3166-1"),
+        ] {
+            let err = Config::try_parse_from(["x", "--regions", regions])
+                .unwrap()
+                .validate()
+                .unwrap_err();
+            assert!(err.to_string().contains(says), "{regions}: {err}");
+        }
+        let c = Config::try_parse_from(["x", "--regions", "FR,GB,JP,BR,IN,KR,DE,MX"])
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert_eq!(c.quota_plan().unwrap().regions, 8);
     }
 }

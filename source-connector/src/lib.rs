@@ -82,7 +82,7 @@ pub async fn run(
         &registry_settings,
         booted.strategy,
         &config.topic,
-        &config.state_topic(),
+        (&config.state_topic(), config.target_key()),
         config.produce_timeout,
     );
     let poller = Arc::new(Poller::new(client, publisher, readiness.clone()));
@@ -182,8 +182,9 @@ async fn boot(
         transactions.init()
     })
     .await?;
+    let target_key = config.target_key();
     let last = retry_boot("load_state", backoff, readiness, "kafka", || {
-        state::load(&config.kafka, &state_topic)
+        state::load(&config.kafka, &state_topic, &target_key)
     })
     .await?;
     Ok(Booted {

@@ -77,6 +77,8 @@ pub struct Publisher {
     strategy: SubjectNameStrategy,
     topic: String,
     state_topic: String,
+    /// This source's target-state key in `state_topic`.
+    target_key: state::TargetKey,
     timeout: Duration,
 }
 
@@ -99,13 +101,14 @@ impl Publisher {
     }
 
     /// Publishes to `topic` with the registered schema (`strategy`), the state records to
-    /// `state_topic`, in the transactions of `transactions`.
+    /// `state_topic` (its target state under `target_key`), in the transactions of
+    /// `transactions`.
     pub fn new(
         transactions: Transactions,
         settings: &SrSettings,
         strategy: SubjectNameStrategy,
         topic: &str,
-        state_topic: &str,
+        (state_topic, target_key): (&str, state::TargetKey),
         timeout: Duration,
     ) -> Self {
         Publisher {
@@ -114,6 +117,7 @@ impl Publisher {
             strategy,
             topic: topic.to_string(),
             state_topic: state_topic.to_string(),
+            target_key,
             timeout,
         }
     }
@@ -168,9 +172,15 @@ impl Publisher {
     pub async fn save_target(&self, target: state::TargetState) -> Result<(), ProduceError> {
         self.transactions
             .run(async |producer| {
-                state::save_target(producer, &self.state_topic, target, self.timeout)
-                    .await
-                    .map_err(ProduceError::State)
+                state::save_target(
+                    producer,
+                    &self.state_topic,
+                    &self.target_key,
+                    target,
+                    self.timeout,
+                )
+                .await
+                .map_err(ProduceError::State)
             })
             .await
     }

@@ -8,8 +8,10 @@ use schemas::TrendingVideo;
 
 use crate::youtube::Video;
 
-/// Thumbnail sizes from best to worst, as the API names them.
-const THUMBNAIL_PREFERENCE: [&str; 5] = ["maxres", "standard", "high", "medium", "default"];
+/// Thumbnail sizes the API documents, from smallest to largest: the order among thumbnails
+/// that give no width. Larger ones (`fhd`, `qhd`, `uhd` per the API's revision history) come
+/// with their width, which decides first.
+const THUMBNAIL_SIZES: [&str; 5] = ["default", "medium", "high", "standard", "maxres"];
 
 /// The records of one chart, ranked 1.. in the API's order, each carrying the chart's size.
 /// A video the API lists twice (the chart can move between two page requests) is kept at its
@@ -54,17 +56,21 @@ pub fn to_record(
             .and_then(|s| f(s).as_deref())
             .and_then(|c| c.trim().parse::<i64>().ok())
     };
-    let thumbnail_url = THUMBNAIL_PREFERENCE
+    // The largest offered: by width, then by documented size name, then by name (HashMap order
+    // must not decide).
+    let thumbnail_url = snippet
+        .thumbnails
         .iter()
-        .find_map(|size| snippet.thumbnails.get(*size))
-        .or_else(|| {
-            snippet
-                .thumbnails
-                .values()
-                .max_by_key(|t| t.width.unwrap_or(0))
+        .max_by_key(|(name, t)| {
+            let known = THUMBNAIL_SIZES.iter().position(|s| s == name);
+            (
+                t.width.unwrap_or(0),
+                known.map_or(0, |i| i + 1),
+                name.as_str(),
+            )
         })
-        .map(|t| t.url.clone());
-    TrendingVideo {
+        .map(|(_, t)| t.url.clone());
+    let record = TrendingVideo {
         video_id: video.id,
         region_code: region.to_string(),
         // Avro timestamp-millis: what is stored is what is sent.
@@ -102,7 +108,41 @@ pub fn to_record(
         comment_count: count(|s| &s.comment_count),
         favorite_count: count(|s| &s.favorite_count),
         chart_size: None,
+    };
+    without_nul(record)
+}
+
+/// The record with every NUL character (U+0000) removed from its texts. User-written text
+/// (titles, descriptions, tags) may hold one, and PostgreSQL's `text` cannot store it: sent
+/// as is, the sink would dead-letter the video and its chart would never be whole.
+fn without_nul(mut r: TrendingVideo) -> TrendingVideo {
+    let strip = |s: &mut String| {
+        if s.contains('\0') {
+            s.retain(|c| c != '\0');
+        }
+    };
+    strip(&mut r.video_id);
+    for text in [
+        &mut r.title,
+        &mut r.description,
+        &mut r.channel_id,
+        &mut r.channel_title,
+        &mut r.category_id,
+        &mut r.category_name,
+        &mut r.default_language,
+        &mut r.default_audio_language,
+        &mut r.live_broadcast_content,
+        &mut r.thumbnail_url,
+        &mut r.definition,
+        &mut r.dimension,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        strip(text);
     }
+    r.tags.iter_mut().flatten().for_each(strip);
+    r
 }
 
 fn empty_snippet() -> crate::youtube::Snippet {
@@ -220,6 +260,40 @@ mod tests {
         assert_eq!(r.view_count, Some(1_234_567));
         assert_eq!(r.favorite_count, Some(0));
         assert_eq!(r.tags, Some(vec!["a".into(), "b".into()]));
+        r.validate().unwrap();
+    }
+
+    #[test]
+    fn the_thumbnail_is_the_widest_offered() {
+        let p = page(
+            r#"{"items":[{"id":"a","snippet":{"thumbnails":{
+                "maxres":{"url":"https://i/maxres.jpg","width":1280,"height":720},
+                "uhd":{"url":"https://i/uhd.jpg","width":3840,"height":2160},
+                "high":{"url":"https://i/h.jpg","width":480}}}},
+              {"id":"b","snippet":{"thumbnails":{
+                "high":{"url":"https://i/h.jpg"},"maxres":{"url":"https://i/m.jpg"},
+                "default":{"url":"https://i/d.jpg"}}}}]}"#,
+        );
+        let rs = chart_records(p.items, "FR", Utc::now(), &HashMap::new());
+        assert_eq!(rs[0].thumbnail_url.as_deref(), Some("https://i/uhd.jpg"));
+        assert_eq!(
+            rs[1].thumbnail_url.as_deref(),
+            Some("https://i/m.jpg"),
+            "without widths, the largest documented size"
+        );
+    }
+
+    #[test]
+    fn nul_characters_in_the_api_text_are_removed() {
+        let p = page(
+            r#"{"items":[{"id":"a","snippet":{"title":"Ti\u0000tle","description":"\u0000d",
+              "channelTitle":"C\u0000","tags":["t\u0000ag","ok"]}}]}"#,
+        );
+        let r = chart_records(p.items, "FR", Utc::now(), &HashMap::new()).remove(0);
+        assert_eq!(r.title.as_deref(), Some("Title"));
+        assert_eq!(r.description.as_deref(), Some("d"));
+        assert_eq!(r.channel_title.as_deref(), Some("C"));
+        assert_eq!(r.tags, Some(vec!["tag".into(), "ok".into()]));
         r.validate().unwrap();
     }
 

@@ -5,7 +5,8 @@
 //! are, and a poll that did not complete is redone after a restart.
 //!
 //! The same topic keeps the connector's target state (`PUT /pause`, `PUT /resume`), as Kafka
-//! Connect keeps it in its config topic: key [`TARGET_STATE_KEY`], value `{"state":"PAUSED"}`.
+//! Connect keeps it in its config topic: key `target-state:<KAFKA_TRANSACTIONAL_ID>` (see
+//! [`TargetKey`]), value `{"state":"PAUSED"}`.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -26,8 +27,42 @@ pub struct RegionState {
     pub videos: usize,
 }
 
-/// The key of the target-state record (region codes are two letters: no clash).
-pub const TARGET_STATE_KEY: &str = "target-state";
+/// The key of a source's target-state record: one per transactional id, so that sources
+/// sharing a state topic (each its own `KAFKA_TRANSACTIONAL_ID`) are paused and resumed apart.
+/// Region codes are two letters: no clash with them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetKey {
+    key: String,
+    /// Also read the key every source wrote before keys were per source (`target-state`): it
+    /// belongs to the source with the default transactional id.
+    legacy: bool,
+}
+
+/// The one key every source used before [`TargetKey`].
+const LEGACY_TARGET_STATE_KEY: &str = "target-state";
+
+impl TargetKey {
+    /// The key of the source with `transactional_id`; `default` when that id was not set.
+    pub fn new(transactional_id: &str, default: bool) -> TargetKey {
+        TargetKey {
+            key: format!("{LEGACY_TARGET_STATE_KEY}:{transactional_id}"),
+            legacy: default,
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.key
+    }
+
+    fn matches(&self, key: &[u8]) -> bool {
+        key == self.key.as_bytes() || (self.legacy && key == LEGACY_TARGET_STATE_KEY.as_bytes())
+    }
+
+    /// A target-state key of any source (another source's is not a region either).
+    fn is_target(key: &[u8]) -> bool {
+        key.starts_with(LEGACY_TARGET_STATE_KEY.as_bytes())
+    }
+}
 
 /// What an operator asked the source to be: polling or paused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -51,15 +86,17 @@ pub struct Loaded {
 }
 
 /// Reads the whole state topic (one partition) up to its end; the last value per key wins.
-pub async fn load(kafka: &KafkaArgs, topic: &str) -> anyhow::Result<Loaded> {
+/// The target state is this source's (`target`).
+pub async fn load(kafka: &KafkaArgs, topic: &str, target: &TargetKey) -> anyhow::Result<Loaded> {
     let kafka = kafka.clone();
     let topic = topic.to_string();
-    tokio::task::spawn_blocking(move || load_blocking(&kafka, &topic))
+    let target = target.clone();
+    tokio::task::spawn_blocking(move || load_blocking(&kafka, &topic, &target))
         .await
         .context("state loader panicked")?
 }
 
-fn load_blocking(kafka: &KafkaArgs, topic: &str) -> anyhow::Result<Loaded> {
+fn load_blocking(kafka: &KafkaArgs, topic: &str, target: &TargetKey) -> anyhow::Result<Loaded> {
     const TIMEOUT: Duration = Duration::from_secs(15);
     // No group: this reader owns no offsets, it reads everything each start. Committed
     // transactions only, and told when it reaches the end: the topic's last offset is a
@@ -98,13 +135,17 @@ fn load_blocking(kafka: &KafkaArgs, topic: &str) -> anyhow::Result<Loaded> {
         let Some(value) = message.payload() else {
             continue;
         };
-        if message.key() == Some(TARGET_STATE_KEY.as_bytes()) {
+        let key = message.key().unwrap_or_default();
+        if target.matches(key) {
             match serde_json::from_slice::<TargetRecord>(value) {
                 Ok(t) => state.target = t.state,
                 Err(e) => tracing::warn!(offset = message.offset(), error = %e,
                     "Ignoring an unreadable target state in the state topic"),
             }
             continue;
+        }
+        if TargetKey::is_target(key) {
+            continue; // another source's
         }
         {
             match serde_json::from_slice::<RegionState>(value) {
@@ -142,15 +183,14 @@ pub async fn save(
 pub async fn save_target(
     producer: &FutureProducer,
     topic: &str,
+    key: &TargetKey,
     target: TargetState,
     timeout: Duration,
 ) -> anyhow::Result<()> {
     let value = serde_json::to_vec(&TargetRecord { state: target })?;
     producer
         .send(
-            FutureRecord::to(topic)
-                .key(TARGET_STATE_KEY)
-                .payload(&value),
+            FutureRecord::to(topic).key(key.as_str()).payload(&value),
             timeout,
         )
         .await

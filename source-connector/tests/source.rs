@@ -1502,6 +1502,65 @@ async fn the_control_api_polls_now_and_a_pause_outlives_a_restart() {
     }
 }
 
+/// Two sources side by side on one state topic, each its own transactional id: a pause of one
+/// is that source's only, across both restarts.
+#[tokio::test]
+async fn a_pause_of_one_of_two_sources_leaves_the_other_running_across_restarts() {
+    let stack = Stack::from_env().unwrap();
+    let api = StandIn::start().await;
+    api.set_chart("FR", 10);
+    api.set_chart("US", 10);
+    let topic = unique("test-");
+    let env = |id: &'static str, region: &'static str, interval: &'static str| {
+        [
+            ("KAFKA_TRANSACTIONAL_ID", id),
+            ("YOUTUBE_REGIONS", region),
+            ("POLL_INTERVAL", interval),
+            ("ADMIN_TOKEN", ADMIN_TOKEN),
+        ]
+    };
+    let mut a = Source::spawn(&stack, &api, &topic, &env("source-a", "FR", "1h"));
+    wait_polls(&a, 1).await;
+    let mut b = Source::spawn(&stack, &api, &topic, &env("source-b", "US", "1h"));
+    wait_polls(&b, 1).await;
+    let (code, _) = control(&a, reqwest::Method::PUT, "/pause", true).await;
+    assert_eq!(code, 202);
+    a.wait_for_log("Target state recorded", Duration::from_secs(30))
+        .await;
+    // B paused and resumed: its records come last in the state topic.
+    for (method, recorded) in [(reqwest::Method::PUT, 1), (reqwest::Method::PUT, 2)] {
+        let path = if recorded == 1 { "/pause" } else { "/resume" };
+        let (code, _) = control(&b, method, path, true).await;
+        assert_eq!(code, 202);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while b.logs().matches("Target state recorded").count() < recorded {
+            assert!(tokio::time::Instant::now() < deadline, "{}", b.logs());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    for s in [&mut a, &mut b] {
+        s.sigterm();
+        assert!(s.wait(Duration::from_secs(30)).await.success());
+    }
+
+    // Both restarted with every region overdue: B polls, A stays paused.
+    let b = Source::spawn(&stack, &api, &topic, &env("source-b", "US", "1s"));
+    let a = Source::spawn(&stack, &api, &topic, &env("source-a", "FR", "1s"));
+    a.wait_for_log("Paused (the state topic says so)", Duration::from_secs(60))
+        .await;
+    wait_polls(&b, 1).await;
+    let (_, s) = control(&b, reqwest::Method::GET, "/status", false).await;
+    assert_eq!(s["connector"]["state"], "RUNNING", "{s}");
+    assert!(!b.logs().contains("Paused"), "{}", b.logs());
+    let (_, s) = control(&a, reqwest::Method::GET, "/status", false).await;
+    assert_eq!(s["connector"]["state"], "PAUSED", "{s}");
+    assert_eq!(a.logs().matches("\"Poll published\"").count(), 0);
+    for mut s in [a, b] {
+        s.sigterm();
+        assert!(s.wait(Duration::from_secs(30)).await.success());
+    }
+}
+
 #[tokio::test]
 async fn the_control_api_fuzzed_from_its_openapi_document_answers_no_5xx() {
     let stack = Stack::from_env().unwrap();

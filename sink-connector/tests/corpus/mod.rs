@@ -62,6 +62,17 @@ fn body(video_id: &[u8], region: &[u8], fetched_at_ms: i64, rank: i64, nulls: us
 
 const OPTIONAL_FIELDS: usize = 22;
 
+/// A change made to a valid record.
+type Change = fn(&mut TrendingVideo);
+
+/// The rank of the corpus's record that the test's CHECK constraint (`rank < 1000` on
+/// `video_snapshots`) refuses.
+pub const CHECKED_RANK: i32 = 4242;
+
+/// The constraint the test adds to `video_snapshots` once the tables exist.
+pub const CHECK_CONSTRAINT: &str =
+    "ALTER TABLE video_snapshots ADD CONSTRAINT corpus_rank_below_1000 CHECK (rank < 1000)";
+
 fn avro(v: &TrendingVideo) -> Vec<u8> {
     apache_avro::to_avro_datum(schemas::schema(), v.to_avro()).unwrap()
 }
@@ -283,6 +294,56 @@ pub fn cases(id: u32, other_id: u32, recursive_id: u32, fetched_ms: i64) -> Vec<
             expect: DlqWithoutKeyOrValue("key_mismatch"),
         },
     ];
+
+    // Text and times PostgreSQL cannot store: refused by validation, with the field named.
+    let nul: [(&str, &str, Change); 4] = [
+        ("NUL in the title", "N1", |v| {
+            v.title = Some("Clip\0officiel".into())
+        }),
+        ("NUL in a tag", "N2", |v| {
+            v.tags = Some(vec!["ok".into(), "t\0ag".into()])
+        }),
+        ("NUL in the description", "N3", |v| {
+            v.description = Some("\0".into())
+        }),
+        ("NUL in the channel title", "N4", |v| {
+            v.channel_title = Some("Cha\0ne".into())
+        }),
+    ];
+    for (name, vid, change) in nul {
+        let (key, value) = changed(vid, &change);
+        cases.push(dlq(name, key, value, "invalid"));
+    }
+    let (key, value) = changed("N5", &|v| {
+        v.published_at = Some(Utc.with_ymd_and_hms(-4713, 11, 23, 23, 59, 59).unwrap())
+    });
+    cases.push(dlq(
+        "published_at before PostgreSQL's first day (4714-11-24 BC)",
+        key,
+        value,
+        "invalid",
+    ));
+    cases.push(dlq(
+        "published_at after PostgreSQL's last day (294276 AD)",
+        k("N6"),
+        Some(wire(id, &{
+            let mut b = body(b"N6", b"FR", fetched_ms, 1, 7);
+            b.extend(long(1)); // published_at: the timestamp branch
+            b.extend(long(9_404_000_000_000_000)); // year 300,000
+            b.extend(std::iter::repeat_n(0u8, OPTIONAL_FIELDS - 8));
+            b
+        })),
+        "invalid",
+    ));
+    // Valid, but refused by the CHECK the test adds to video_snapshots (rank below 1000):
+    // PostgreSQL's refusal is found by bisecting the batch and dead-lettered alone.
+    let (key, value) = changed("C1", &|v| v.rank = CHECKED_RANK);
+    cases.push(dlq(
+        "a record a CHECK constraint of the operator refuses",
+        key,
+        value,
+        "rejected",
+    ));
 
     // Awkward but valid.
     let mut big = video("W1");
