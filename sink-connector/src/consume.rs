@@ -394,7 +394,14 @@ impl LagReporter {
     /// How often lag is measured: each measure asks the broker for every partition's watermarks.
     pub const INTERVAL: Duration = Duration::from_secs(5);
 
-    pub fn start(kafka: &KafkaArgs, topic: &str) -> anyhow::Result<Self> {
+    /// Measures the lag of the partitions `consumer` is assigned; a partition it loses in a
+    /// rebalance is forgotten (its committed offset would go stale) and its gauge set to 0, so
+    /// that across instances the group's lag is the owners' lag.
+    pub fn start(
+        kafka: &KafkaArgs,
+        topic: &str,
+        consumer: std::sync::Weak<SinkConsumer>,
+    ) -> anyhow::Result<Self> {
         // No group: this client only asks for watermarks.
         let client: rdkafka::consumer::BaseConsumer = kafka
             .client_config(&[
@@ -418,12 +425,21 @@ impl LagReporter {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                let now: Vec<((String, i32), i64)> = offsets
-                    .lock()
-                    .expect("lag offsets lock")
-                    .iter()
-                    .map(|(k, v)| (k.clone(), *v))
-                    .collect();
+                let Some(consumer) = consumer.upgrade() else {
+                    return;
+                };
+                // A local call: librdkafka knows its assignment without asking the broker.
+                let assigned: std::collections::HashSet<(String, i32)> = match consumer.assignment()
+                {
+                    Ok(tpl) => tpl
+                        .elements()
+                        .iter()
+                        .map(|e| (e.topic().to_string(), e.partition()))
+                        .collect(),
+                    Err(_) => continue,
+                };
+                drop(consumer);
+                let now = Self::owned(&offsets, &measured_lags, &assigned);
                 let client = client.clone();
                 let lags = measured_lags.clone();
                 let measured = tokio::task::spawn_blocking(move || {
@@ -447,6 +463,30 @@ impl LagReporter {
             lags,
             task,
         })
+    }
+
+    /// The committed offsets of the partitions in `assigned`; the others are forgotten and
+    /// their gauges set to 0.
+    fn owned(
+        committed: &std::sync::Mutex<HashMap<(String, i32), i64>>,
+        lags: &std::sync::Mutex<HashMap<i32, i64>>,
+        assigned: &std::collections::HashSet<(String, i32)>,
+    ) -> Vec<((String, i32), i64)> {
+        let mut committed = committed.lock().expect("lag offsets lock");
+        let mut lags = lags.lock().expect("lags lock");
+        committed.retain(|key, _| {
+            let owned = assigned.contains(key);
+            if !owned {
+                lags.remove(&key.1);
+                crate::events::ConsumerLag {
+                    partition: key.1,
+                    lag: 0,
+                }
+                .emit();
+            }
+            owned
+        });
+        committed.iter().map(|(k, v)| (k.clone(), *v)).collect()
     }
 
     /// The offset this sink last committed for a partition, if it committed one.

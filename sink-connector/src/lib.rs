@@ -303,6 +303,11 @@ impl Sink {
         )
         .context("creating the dead-letter producer")?;
         let consumer = consume::consumer(&config.kafka, &config.group_id, &config.topic)?;
+        let lag = std::sync::Arc::new(consume::LagReporter::start(
+            &config.kafka,
+            &config.topic,
+            std::sync::Arc::downgrade(&consumer),
+        )?);
         Ok(Sink {
             pause: std::sync::Arc::new(consume::PauseGate::new(consumer.clone())),
             control,
@@ -314,7 +319,7 @@ impl Sink {
             backoff,
             tolerance: config.errors_tolerance,
             retention: config.snapshot_retention,
-            lag: std::sync::Arc::new(consume::LagReporter::start(&config.kafka, &config.topic)?),
+            lag,
             finishing: std::sync::atomic::AtomicU8::new(NOT_WRITING),
         })
     }

@@ -346,12 +346,11 @@ async fn a_write_refused_for_good_stops_the_sink_and_commits_nothing_past_it() {
         assert!(tokio::time::Instant::now() < deadline, "{}", sink.logs());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Not the data's fault (a constraint would be: bisected, dead-lettered): a column the sink
+    // writes is gone.
     connect(&db)
         .await
-        .execute(
-            "ALTER TABLE video_snapshots ADD CONSTRAINT rank_one CHECK (rank = 1)",
-            &[],
-        )
+        .execute("ALTER TABLE videos RENAME COLUMN title TO title_gone", &[])
         .await
         .unwrap();
     let p = stack.producer(&[]);
@@ -364,8 +363,10 @@ async fn a_write_refused_for_good_stops_the_sink_and_commits_nothing_past_it() {
     let status = sink.wait(Duration::from_secs(30)).await;
     assert_eq!(status.code(), Some(1), "{}", sink.logs());
     assert!(
-        sink.logs()
-            .contains("writing a batch to PostgreSQL failed permanently"),
+        sink.logs().contains(
+            "writing a batch to PostgreSQL failed permanently: a table or column the sink \
+             writes is missing"
+        ),
         "{}",
         sink.logs()
     );
@@ -589,6 +590,82 @@ async fn two_instances_share_the_partitions_and_one_finishes_when_the_other_stop
         charts.iter().all(|c| *c == (50, true)),
         "every chart complete with its 50 videos: {charts:?}"
     );
+    a.stop().await;
+}
+
+/// The largest `sink_consumer_lag_records` of any partition in a `/metrics` text.
+fn max_lag(metrics: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("sink_consumer_lag_records{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .reduce(f64::max)
+}
+
+/// A partition an instance loses in a rebalance is no longer reported by it from a stale
+/// committed offset: once the pair has drained, the group's largest lag is 0 on both.
+#[tokio::test]
+async fn lag_of_partitions_moved_to_another_instance_falls_to_0_on_both() {
+    let stack = Stack::from_env().unwrap();
+    let topic = stack.create_topic(4).await.unwrap();
+    let group = unique("pair-");
+    let db = stack.create_database().await.unwrap();
+    let env = [("SINK_BATCH_MAX_RECORDS", "20")];
+    let p = stack.producer(&[]);
+    let mut ends: HashMap<i32, i64> = HashMap::new();
+    let mut produce = async |poll: i64| {
+        let batch = encode(
+            &stack,
+            &topic,
+            &chart("FR", 50, at(1_000 + poll * 60), poll),
+        )
+        .await;
+        for (p, o) in produce_raw(&p, &topic, batch).await {
+            let e = ends.entry(p).or_insert(0);
+            *e = (*e).max(o);
+        }
+        ends.clone()
+    };
+    // A alone owns and commits every partition...
+    let a = Sink::spawn(&stack, &db, &topic, &group, &env);
+    let first = produce(0).await;
+    assert_eq!(first.len(), 4, "records on every partition");
+    wait_committed(&stack, &topic, &group, 4, &first, &a).await;
+    // ...then B takes some over while records keep coming.
+    let b = Sink::spawn(&stack, &db, &topic, &group, &env);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut poll = 1;
+    while !b.logs().contains("Batch written") {
+        assert!(tokio::time::Instant::now() < deadline, "{}", b.logs());
+        produce(poll).await;
+        poll += 1;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    for _ in 0..3 {
+        produce(poll).await;
+        poll += 1;
+    }
+    let last = produce(poll).await;
+    wait_committed(&stack, &topic, &group, 4, &last, &a).await;
+
+    let (addr_a, addr_b) = (a.http_addr().await, b.http_addr().await);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let lags = (
+            max_lag(&scrape(&addr_a).await),
+            max_lag(&scrape(&addr_b).await),
+        );
+        if lags == (Some(0.0), Some(0.0)) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "largest lag on A and B after the drain: {lags:?}\n{}",
+            scrape(&addr_a).await
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    b.stop().await;
     a.stop().await;
 }
 
