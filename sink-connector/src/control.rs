@@ -165,21 +165,31 @@ impl OffsetsChange {
                 )));
             }
             // The fetch positions first: a position left behind would be committed back by
-            // the next idle commit, undoing the change.
-            for p in &plans {
-                consumer
-                    .seek(
+            // the next idle commit, undoing the change. Where each was, to put it back if a
+            // later step fails: resumed from a moved position, the sink could commit past
+            // records it never wrote.
+            let before = positions(consumer, &control.topic, &plans);
+            let mut moved: Vec<(i32, rdkafka::Offset)> = Vec::new();
+            for (p, previous) in plans.iter().zip(&before) {
+                let seek = (|| {
+                    fail::fail_point!("offsets_seek", moved.len() == 1, |_| Err(
+                        rdkafka::error::KafkaError::Seek("failpoint offsets_seek".into())
+                    ));
+                    consumer.seek(
                         &control.topic,
                         p.partition,
                         rdkafka::Offset::Offset(p.new),
                         Duration::from_secs(5),
                     )
-                    .map_err(|e| {
-                        unavailable(format!(
-                            "moving the fetch position of partition {}: {e}; nothing committed",
-                            p.partition
-                        ))
-                    })?;
+                })();
+                if let Err(e) = seek {
+                    return Err(unavailable(format!(
+                        "moving the fetch position of partition {}: {e}; nothing committed, {}",
+                        p.partition,
+                        put_back(consumer, &control.topic, &moved)
+                    )));
+                }
+                moved.push((p.partition, *previous));
             }
             let mut tpl = rdkafka::TopicPartitionList::new();
             for p in &plans {
@@ -190,9 +200,20 @@ impl OffsetsChange {
                 )
                 .map_err(|e| unavailable(e.to_string()))?;
             }
-            consumer
-                .commit(&tpl, rdkafka::consumer::CommitMode::Sync)
-                .map_err(|e| unavailable(format!("committing the new offsets: {e}")))?;
+            let commit = (|| {
+                fail::fail_point!("offsets_commit", |_| Err(
+                    rdkafka::error::KafkaError::ConsumerCommit(
+                        rdkafka::types::RDKafkaErrorCode::RebalanceInProgress
+                    )
+                ));
+                consumer.commit(&tpl, rdkafka::consumer::CommitMode::Sync)
+            })();
+            if let Err(e) = commit {
+                return Err(unavailable(format!(
+                    "committing the new offsets: {e}; nothing committed, {}",
+                    put_back(consumer, &control.topic, &moved)
+                )));
+            }
             drop(tpl);
             let committed: Vec<(String, i32, i64)> = plans
                 .iter()
@@ -203,6 +224,51 @@ impl OffsetsChange {
             Ok(plans)
         })();
         let _ = self.reply.send(result);
+    }
+}
+
+/// Each planned partition's fetch position now; where none is known yet (nothing fetched since
+/// the assignment), the committed offset the fetch would start from.
+fn positions(
+    consumer: &SinkConsumer,
+    topic: &str,
+    plans: &[PartitionPlan],
+) -> Vec<rdkafka::Offset> {
+    let now = consumer.position().ok();
+    plans
+        .iter()
+        .map(|p| {
+            let position = now
+                .as_ref()
+                .and_then(|tpl| tpl.find_partition(topic, p.partition))
+                .map(|e| e.offset());
+            match (position, p.current) {
+                (Some(o @ rdkafka::Offset::Offset(_)), _) => o,
+                (_, Some(committed)) => rdkafka::Offset::Offset(committed),
+                _ => rdkafka::Offset::Beginning,
+            }
+        })
+        .collect()
+}
+
+/// Moves the fetch positions in `moved` back where they were; says what it did, for the answer.
+fn put_back(consumer: &SinkConsumer, topic: &str, moved: &[(i32, rdkafka::Offset)]) -> String {
+    let stuck: Vec<i32> = moved
+        .iter()
+        .filter(|(partition, previous)| {
+            consumer
+                .seek(topic, *partition, *previous, Duration::from_secs(5))
+                .is_err()
+        })
+        .map(|(partition, _)| *partition)
+        .collect();
+    if stuck.is_empty() {
+        "every fetch position left or put back where it was".to_string()
+    } else {
+        format!(
+            "but the fetch positions of partitions {stuck:?} moved and could not be put back: \
+             restart the sink before resuming it (it then reads from the committed offsets)"
+        )
     }
 }
 

@@ -7,6 +7,9 @@ use sink_connector::redrive::DlqCommand;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // The tests' fault injection (FAILPOINTS=name=action;...): absent from what users run.
+    #[cfg(feature = "testing")]
+    let _failpoints = fail::FailScenario::setup();
     let config = match Config::parse().validate() {
         Ok(c) => c,
         Err(e) => {

@@ -327,3 +327,67 @@ async fn the_api_fuzzed_from_its_openapi_document_answers_no_5xx() {
     );
     sink.stop().await;
 }
+
+/// An offsets change that fails after its first step (a seek of another partition refused, the
+/// commit refused as in a rebalance: injected at those points) answers 503 and leaves every
+/// fetch position where it was: resumed, the sink reads nothing again.
+#[tokio::test]
+async fn a_failed_offsets_change_puts_the_fetch_positions_back() {
+    let stack = Stack::from_env().unwrap();
+    let topic = stack.create_topic(2).await.unwrap();
+    let group = unique("control-");
+    let db = stack.create_database().await.unwrap();
+    let ends = produce_raw(
+        &stack.producer(&[]),
+        &topic,
+        encode(&stack, &topic, &chart("FR", 40, at(1_000), 1)).await,
+    )
+    .await;
+    for (failpoint, says) in [
+        ("offsets_seek", "moving the fetch position of partition"),
+        ("offsets_commit", "committing the new offsets"),
+    ] {
+        let env = [
+            ("ADMIN_TOKEN", TOKEN),
+            ("FAILPOINTS", &format!("{failpoint}=return")),
+        ];
+        let sink = Sink::spawn(&stack, &db, &topic, &group, &env);
+        wait_committed(&stack, &topic, &group, 2, &ends, &sink).await;
+        let addr = sink.http_addr().await;
+        let consumed = || async {
+            metric_sample(&scrape(&addr).await, "sink_records_consumed_total", &[]).unwrap_or(0.0)
+        };
+        let before = consumed().await;
+        let (code, _) = call(&addr, reqwest::Method::PUT, "/pause", Some(TOKEN), None).await;
+        assert_eq!(code, 202);
+        let (code, body) = call(
+            &addr,
+            reqwest::Method::PATCH,
+            "/offsets",
+            Some(TOKEN),
+            Some(patch_body(&topic, &[(0, Some(0)), (1, Some(0))])),
+        )
+        .await;
+        assert_eq!(code, 503, "{failpoint}: {body}");
+        let message = body["message"].as_str().unwrap();
+        assert!(message.contains(says), "{failpoint}: {body}");
+        assert!(
+            message.contains("nothing committed, every fetch position left or put back"),
+            "{failpoint}: {body}"
+        );
+        assert_eq!(committed(&stack, &topic, &group, 2), ends, "{failpoint}");
+
+        // Resumed: fetching goes on from where it was, nothing is read again.
+        let (code, _) = call(&addr, reqwest::Method::PUT, "/resume", Some(TOKEN), None).await;
+        assert_eq!(code, 202);
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert_eq!(
+            consumed().await,
+            before,
+            "{failpoint}: records read again after the failed change:\n{}",
+            sink.logs()
+        );
+        assert_eq!(committed(&stack, &topic, &group, 2), ends, "{failpoint}");
+        sink.stop().await;
+    }
+}
