@@ -34,6 +34,21 @@ use crate::replay::{self, PartitionPlan, Target};
 /// How long a `PATCH`/`DELETE /offsets` waits for the pipeline to be between batches.
 const APPLY_WAIT: Duration = Duration::from_secs(30);
 
+/// How long a `GET /offsets` answer is reused: a monitoring loop or many callers at once cost
+/// one broker round trip a second.
+const OFFSETS_FRESH: Duration = Duration::from_secs(1);
+
+/// How long a `GET /offsets` waits for the read another request started.
+const OFFSETS_WAIT: Duration = Duration::from_secs(25);
+
+/// What `GET /offsets` reads the group's committed offsets with: one client for the process's
+/// life, one read at a time, its last answer.
+#[derive(Default)]
+struct OffsetsReader {
+    client: Option<Arc<rdkafka::consumer::BaseConsumer>>,
+    last: Option<(std::time::Instant, Vec<(i32, i64)>)>,
+}
+
 /// What the routes and the pipeline share.
 pub struct Control {
     worker_id: String,
@@ -49,6 +64,7 @@ pub struct Control {
     next_change: std::sync::atomic::AtomicU64,
     /// The last failure a stage retried.
     last_error: Mutex<Option<LastError>>,
+    offsets_reader: Arc<tokio::sync::Mutex<OffsetsReader>>,
 }
 
 /// The last failure a stage retried: which dependency, what kind, when. Its text stays in the
@@ -87,6 +103,7 @@ impl Control {
             change: Mutex::new(None),
             next_change: Default::default(),
             last_error: Mutex::new(None),
+            offsets_reader: Default::default(),
         })
     }
 
@@ -120,6 +137,52 @@ impl Control {
     /// Whether an operator paused the sink; changes are seen through [`Self::watch_paused`].
     pub fn watch_paused(&self) -> watch::Receiver<bool> {
         self.paused.subscribe()
+    }
+
+    /// The group's committed offsets, read by [`OffsetsReader`]. The read runs off the async
+    /// workers and holds the reader until it ends, even when its caller has left: however many
+    /// callers, at most one broker round trip is under way.
+    async fn committed_offsets(&self) -> Result<Vec<(i32, i64)>, ApiError> {
+        let mut reader =
+            tokio::time::timeout(OFFSETS_WAIT, self.offsets_reader.clone().lock_owned())
+                .await
+                .map_err(|_| {
+                    unavailable(
+                        "the committed offsets are being read for another request, \
+                         and the broker is slow to answer: try again"
+                            .into(),
+                    )
+                })?;
+        if let Some((at, offsets)) = &reader.last {
+            if at.elapsed() < OFFSETS_FRESH {
+                return Ok(offsets.clone());
+            }
+        }
+        let client = match &reader.client {
+            Some(c) => c.clone(),
+            None => {
+                let c = Arc::new(
+                    replay::consumer(&self.kafka, &self.group)
+                        .map_err(|e| unavailable(format!("{e:#}")))?,
+                );
+                plumbing::kafka::keep_bootstrapped(
+                    Arc::downgrade(&c),
+                    &self.kafka.kafka_bootstrap_servers,
+                    &self.topic,
+                );
+                reader.client = Some(c.clone());
+                c
+            }
+        };
+        let topic = self.topic.clone();
+        tokio::task::spawn_blocking(move || {
+            let offsets = replay::group_offsets(&client, &topic)?;
+            reader.last = Some((std::time::Instant::now(), offsets.clone()));
+            Ok(offsets)
+        })
+        .await
+        .map_err(|e| unavailable(e.to_string()))?
+        .map_err(|e: anyhow::Error| unavailable(format!("{e:#}")))
     }
 
     /// The offsets change waiting, if any: taken by the pipeline when no batch is in flight.
@@ -388,12 +451,7 @@ struct KafkaOffset {
 }
 
 async fn offsets(State(control): State<Arc<Control>>) -> Result<Json<Offsets>, ApiError> {
-    let c = control.clone();
-    let committed =
-        tokio::task::spawn_blocking(move || replay::group_offsets(&c.kafka, &c.group, &c.topic))
-            .await
-            .map_err(|e| unavailable(e.to_string()))?
-            .map_err(|e| unavailable(format!("{e:#}")))?;
+    let committed = control.committed_offsets().await?;
     Ok(Json(Offsets {
         offsets: committed
             .into_iter()

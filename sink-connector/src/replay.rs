@@ -103,7 +103,7 @@ impl PartitionPlan {
     }
 }
 
-fn consumer(kafka: &KafkaArgs, group: &str) -> anyhow::Result<BaseConsumer> {
+pub(crate) fn consumer(kafka: &KafkaArgs, group: &str) -> anyhow::Result<BaseConsumer> {
     kafka
         .client_config(&[("group.id", group), ("enable.auto.commit", "false")])?
         .create()
@@ -289,15 +289,11 @@ fn plan_with(
     Ok(plans)
 }
 
-/// The group's committed offset of each partition that has one.
-pub fn group_offsets(
-    kafka: &KafkaArgs,
-    group: &str,
-    topic: &str,
-) -> anyhow::Result<Vec<(i32, i64)>> {
-    let c = consumer(kafka, group)?;
-    let partitions = partitions_of(&c, topic, &[])?;
-    let current = committed(&c, topic, &partitions)?;
+/// The group's committed offset of each partition that has one, read with `c`, a client of
+/// the group.
+pub fn group_offsets(c: &BaseConsumer, topic: &str) -> anyhow::Result<Vec<(i32, i64)>> {
+    let partitions = partitions_of(c, topic, &[])?;
+    let current = committed(c, topic, &partitions)?;
     Ok(partitions
         .into_iter()
         .zip(current)

@@ -391,3 +391,97 @@ async fn a_failed_offsets_change_puts_the_fetch_positions_back() {
         sink.stop().await;
     }
 }
+
+/// The threads of a running process (librdkafka runs several per client).
+fn threads(pid: u32) -> usize {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap()
+}
+
+/// Two dozen callers (under the HTTP port's cap of 32 connections) reading `GET /offsets` in a
+/// loop share one long-lived client: the sink's
+/// thread count stays flat, every call is answered, and the sink drains meanwhile.
+#[tokio::test]
+async fn many_concurrent_offsets_reads_share_one_client_and_the_sink_keeps_draining() {
+    let stack = Stack::from_env().unwrap();
+    let topic = stack.create_topic(2).await.unwrap();
+    let group = unique("control-");
+    let db = stack.create_database().await.unwrap();
+    let p = stack.producer(&[]);
+    let produce = |from: i64| {
+        let (stack, topic, p) = (&stack, &topic, &p);
+        async move {
+            let mut videos = Vec::new();
+            for poll in from..from + 20 {
+                videos.extend(chart("FR", 50, at(1_000 + poll * 60), poll));
+            }
+            produce_raw(p, topic, encode(stack, topic, &videos).await).await
+        }
+    };
+    let sink = Sink::spawn(&stack, &db, &topic, &group, &[]);
+    let addr = sink.http_addr().await;
+    let started = std::time::Instant::now();
+    let ends = produce(0).await;
+    wait_committed(&stack, &topic, &group, 2, &ends, &sink).await;
+    let quiet = started.elapsed();
+    let pid = sink.child.id().unwrap();
+    let baseline = threads(pid);
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let callers: Vec<_> = (0..24)
+        .map(|_| {
+            let (addr, stop) = (addr.clone(), stop.clone());
+            tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                let mut answered = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let r = client
+                        .get(format!("http://{addr}/offsets"))
+                        .timeout(Duration::from_secs(30))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(r.status().as_u16(), 200);
+                    let body: Value = r.json().await.unwrap();
+                    assert_eq!(body["offsets"].as_array().unwrap().len(), 2, "{body}");
+                    answered += 1;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                answered
+            })
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    let ends = produce(100).await;
+    let mut most = baseline;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while committed(&stack, &topic, &group, 2) != ends {
+        most = most.max(threads(pid));
+        assert!(tokio::time::Instant::now() < deadline, "{}", sink.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let loaded = started.elapsed();
+    for _ in 0..20 {
+        most = most.max(threads(pid));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut answered = 0;
+    for c in callers {
+        answered += c.await.unwrap();
+    }
+    println!(
+        "1000 records drained in {quiet:?} alone, {loaded:?} under {answered} GET /offsets \
+         from 24 callers; threads {baseline} before, {most} at most"
+    );
+    assert!(answered >= 100, "{answered} answers");
+    assert!(
+        most <= baseline + 8,
+        "the sink's threads grew from {baseline} to {most} under GET /offsets"
+    );
+    sink.stop().await;
+}
