@@ -26,7 +26,9 @@ async fn main() -> ExitCode {
                 sink_connector::replay::describe(&config.kafka, &config.group_id, &config.topic)
             }
             Command::Dlq(DlqCommand::List(args)) => {
-                sink_connector::redrive::list(&config.kafka, &config.dlq_topic(), args)
+                let mut out = std::io::stdout().lock();
+                sink_connector::redrive::list(&config.kafka, &config.dlq_topic(), args, &mut out)
+                    .map(|()| String::new())
             }
             Command::Dlq(DlqCommand::Replay(args)) => sink_connector::redrive::replay(
                 &config.kafka,

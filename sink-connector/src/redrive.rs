@@ -8,6 +8,11 @@
 //! last successful one ended. The group's position moves past every dead letter examined,
 //! replayed or left out by the filters: the dry run (the default) says how many it would pass
 //! over, and `--replay-group` names another group to look at them again.
+//!
+//! Both read the topic a chunk at a time (`--max-records` dead letters, at most
+//! [`MAX_CHUNK_BYTES`] of keys and values): a replay produces a chunk in its transaction before
+//! it reads the next, and a listing keeps no key or value bytes, so the memory either needs does
+//! not grow with the backlog (millions of dead letters after a misconfigured full replay).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -18,7 +23,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use clap::{Args, Subcommand};
 use plumbing::kafka::KafkaArgs;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, OwnedMessage};
+use rdkafka::message::Headers;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
@@ -28,6 +33,12 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long reading may go without a record before the end of the topic is given up on.
 const STALL: Duration = Duration::from_secs(30);
+
+/// The most key and value bytes one chunk of a replay holds (and one transaction produces).
+pub const MAX_CHUNK_BYTES: usize = 32 * 1024 * 1024;
+
+/// Dead letters read per chunk by `dlq list`.
+const LIST_CHUNK: usize = 10_000;
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum DlqCommand {
@@ -96,12 +107,15 @@ pub struct DeadLetter {
     pub key: Option<String>,
     pub key_bytes: Option<Vec<u8>>,
     pub value: Option<Vec<u8>>,
+    /// The dead letter carries a value (read or not).
+    pub has_value: bool,
     /// The key or the value was too large to be copied into the dead letter.
     pub trimmed: bool,
 }
 
 impl DeadLetter {
-    fn of(m: &OwnedMessage) -> DeadLetter {
+    /// The dead letter `m`, with its original key and value bytes when `bytes` (to replay it).
+    fn of<M: Message>(m: &M, bytes: bool) -> DeadLetter {
         let header = |name: &str| -> Option<String> {
             let headers = m.headers()?;
             headers
@@ -124,8 +138,9 @@ impl DeadLetter {
             original_partition: header("__connect.errors.partition").and_then(|p| p.parse().ok()),
             original_offset: header("__connect.errors.offset").and_then(|o| o.parse().ok()),
             key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-            key_bytes: m.key().map(<[u8]>::to_vec),
-            value: m.payload().map(<[u8]>::to_vec),
+            key_bytes: m.key().filter(|_| bytes).map(<[u8]>::to_vec),
+            value: m.payload().filter(|_| bytes).map(<[u8]>::to_vec),
+            has_value: m.payload().is_some(),
             trimmed: header(KEY_DROPPED_HEADER).is_some() || header(VALUE_DROPPED_HEADER).is_some(),
         }
     }
@@ -152,123 +167,165 @@ impl DeadLetter {
     }
 }
 
-/// Reads `topic` from `group`'s committed offsets (from the start without a group, or where it
-/// never committed) to the end offsets of when it started; returns the records and those ends.
-fn read(
-    kafka: &KafkaArgs,
-    topic: &str,
-    group: Option<&str>,
-) -> anyhow::Result<(BaseConsumer, Vec<DeadLetter>, TopicPartitionList)> {
-    let listing = format!("dlq-list-{}", std::process::id());
-    let consumer: BaseConsumer = kafka
-        .client_config(&[
-            ("group.id", group.unwrap_or(&listing)),
-            ("enable.auto.commit", "false"),
-            ("isolation.level", "read_committed"),
-        ])?
-        .create()
-        .map_err(plumbing::kafka::config_error)?;
-    let partitions = crate::replay::partitions_of(&consumer, topic, &[])
-        .context("the dead-letter topic (SINK_DLQ_TOPIC, or <KAFKA_TOPIC>.dlq)")?;
-    let committed = match group {
-        Some(_) => crate::replay::committed(&consumer, topic, &partitions)?,
-        None => vec![None; partitions.len()],
-    };
-    let (mut assign, mut ends) = (TopicPartitionList::new(), TopicPartitionList::new());
-    let mut remaining = BTreeMap::new();
-    for (p, committed) in partitions.into_iter().zip(committed) {
-        let (low, high) = consumer.fetch_watermarks(topic, p, TIMEOUT)?;
-        let start = committed.unwrap_or(low).clamp(low, high);
-        ends.add_partition_offset(topic, p, Offset::Offset(high))?;
-        if start < high {
-            assign.add_partition_offset(topic, p, Offset::Offset(start))?;
-            remaining.insert(p, high);
-        }
-    }
-    consumer.assign(&assign)?;
-    let mut letters = Vec::new();
-    let mut last_progress = Instant::now();
-    while !remaining.is_empty() {
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => {
-                last_progress = Instant::now();
-                let m = m.detach();
-                if remaining
-                    .get(&m.partition())
-                    .is_some_and(|end| m.offset() < *end)
-                {
-                    letters.push(DeadLetter::of(&m));
-                }
-                if remaining
-                    .get(&m.partition())
-                    .is_some_and(|end| m.offset() + 1 >= *end)
-                {
-                    remaining.remove(&m.partition());
-                }
-            }
-            Some(Err(e)) => return Err(e).context("reading the dead-letter topic"),
-            None => {
-                // Transaction markers and compacted records take offsets without a record.
-                for (p, end) in remaining.clone() {
-                    let position = consumer
-                        .position()?
-                        .find_partition(topic, p)
-                        .map(|e| e.offset());
-                    if let Some(Offset::Offset(o)) = position {
-                        if o >= end {
-                            remaining.remove(&p);
-                        }
-                    }
-                }
-                if last_progress.elapsed() > STALL {
-                    bail!(
-                        "no record of {topic} for {}s while partitions {:?} were not read to their end",
-                        STALL.as_secs(),
-                        remaining.keys().collect::<Vec<_>>()
-                    );
-                }
-            }
-        }
-    }
-    letters.sort_by_key(|l| (l.partition, l.offset));
-    Ok((consumer, letters, ends))
+/// Reads a dead-letter topic a chunk at a time, from `group`'s committed offsets (from the start
+/// without a group, or where it never committed) to the end offsets of when it started.
+struct Reader {
+    consumer: BaseConsumer,
+    topic: String,
+    /// Partitions not read to their end yet, with that end.
+    remaining: BTreeMap<i32, i64>,
+    /// The end offsets read at the start.
+    ends: TopicPartitionList,
 }
 
-/// `dlq list`: the dead letters the filter chooses, as a table or JSON.
-pub fn list(kafka: &KafkaArgs, dlq_topic: &str, args: &ListArgs) -> anyhow::Result<String> {
-    let (_, letters, _) = read(kafka, dlq_topic, None)?;
-    let chosen: Vec<&DeadLetter> = letters.iter().filter(|l| l.chosen(&args.filter)).collect();
-    if args.json {
-        let all: Vec<serde_json::Value> = chosen.iter().map(|l| l.json()).collect();
-        return Ok(serde_json::to_string_pretty(&all)? + "\n");
+impl Reader {
+    fn open(kafka: &KafkaArgs, topic: &str, group: Option<&str>) -> anyhow::Result<Reader> {
+        let listing = format!("dlq-list-{}", std::process::id());
+        let consumer: BaseConsumer = kafka
+            .client_config(&[
+                ("group.id", group.unwrap_or(&listing)),
+                ("enable.auto.commit", "false"),
+                ("isolation.level", "read_committed"),
+                // Prefetched records count too: 16 MB per partition, not librdkafka's 64.
+                ("queued.max.messages.kbytes", "16384"),
+            ])?
+            .create()
+            .map_err(plumbing::kafka::config_error)?;
+        let partitions = crate::replay::partitions_of(&consumer, topic, &[])
+            .context("the dead-letter topic (SINK_DLQ_TOPIC, or <KAFKA_TOPIC>.dlq)")?;
+        let committed = match group {
+            Some(_) => crate::replay::committed(&consumer, topic, &partitions)?,
+            None => vec![None; partitions.len()],
+        };
+        let (mut assign, mut ends) = (TopicPartitionList::new(), TopicPartitionList::new());
+        let mut remaining = BTreeMap::new();
+        for (p, committed) in partitions.into_iter().zip(committed) {
+            let (low, high) = consumer.fetch_watermarks(topic, p, TIMEOUT)?;
+            let start = committed.unwrap_or(low).clamp(low, high);
+            ends.add_partition_offset(topic, p, Offset::Offset(high))?;
+            if start < high {
+                assign.add_partition_offset(topic, p, Offset::Offset(start))?;
+                remaining.insert(p, high);
+            }
+        }
+        consumer.assign(&assign)?;
+        Ok(Reader {
+            consumer,
+            topic: topic.to_string(),
+            remaining,
+            ends,
+        })
     }
-    let mut out = String::new();
-    writeln!(
-        out,
-        "{:>9}  {:>8}  {:<24}  {:<16}  {:<16}  MESSAGE",
-        "PARTITION", "OFFSET", "TIME", "REASON", "KEY"
-    )?;
-    for l in &chosen {
-        let key: String = l.key.as_deref().unwrap_or("-").chars().take(16).collect();
-        let message: String = l.message.chars().take(120).collect();
+
+    /// Every partition read to its end.
+    fn done(&self) -> bool {
+        self.remaining.is_empty()
+    }
+
+    /// The next dead letters, at most `max` and [`MAX_CHUNK_BYTES`] of key and value bytes,
+    /// in offset order within each partition (kept only when `bytes`); empty once done.
+    fn next_chunk(&mut self, max: usize, bytes: bool) -> anyhow::Result<Vec<DeadLetter>> {
+        let mut letters = Vec::new();
+        let mut size = 0;
+        let mut last_progress = Instant::now();
+        while !self.remaining.is_empty() && letters.len() < max && size < MAX_CHUNK_BYTES {
+            match self.consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => {
+                    last_progress = Instant::now();
+                    let end = self.remaining.get(&m.partition()).copied();
+                    if end.is_some_and(|end| m.offset() < end) {
+                        let letter = DeadLetter::of(&m, bytes);
+                        size += letter.key_bytes.as_ref().map_or(0, Vec::len)
+                            + letter.value.as_ref().map_or(0, Vec::len);
+                        letters.push(letter);
+                    }
+                    if end.is_some_and(|end| m.offset() + 1 >= end) {
+                        self.remaining.remove(&m.partition());
+                    }
+                }
+                Some(Err(e)) => return Err(e).context("reading the dead-letter topic"),
+                None => {
+                    self.past_markers()?;
+                    if last_progress.elapsed() > STALL {
+                        bail!(
+                            "no record of {} for {}s while partitions {:?} were not read to their end",
+                            self.topic,
+                            STALL.as_secs(),
+                            self.remaining.keys().collect::<Vec<_>>()
+                        );
+                    }
+                }
+            }
+        }
+        Ok(letters)
+    }
+
+    /// Transaction markers and compacted records take offsets without a record: a partition
+    /// whose position reached its end is done.
+    fn past_markers(&mut self) -> anyhow::Result<()> {
+        let positions = self.consumer.position()?;
+        self.remaining.retain(|p, end| {
+            !matches!(
+                positions.find_partition(&self.topic, *p).map(|e| e.offset()),
+                Some(Offset::Offset(o)) if o >= *end
+            )
+        });
+        Ok(())
+    }
+}
+
+/// `dlq list`: the dead letters the filter chooses, as a table or JSON, written to `out` as
+/// they are read.
+pub fn list(
+    kafka: &KafkaArgs,
+    dlq_topic: &str,
+    args: &ListArgs,
+    out: &mut dyn std::io::Write,
+) -> anyhow::Result<()> {
+    let mut reader = Reader::open(kafka, dlq_topic, None)?;
+    if args.json {
+        write!(out, "[")?;
+    } else {
         writeln!(
             out,
-            "{:>9}  {:>8}  {:<24}  {:<16}  {:<16}  {}",
-            l.partition,
-            l.offset,
-            l.time.map_or("-".into(), |t| t.to_rfc3339()),
-            l.reason,
-            key,
-            message
+            "{:>9}  {:>8}  {:<24}  {:<16}  {:<16}  MESSAGE",
+            "PARTITION", "OFFSET", "TIME", "REASON", "KEY"
         )?;
     }
-    writeln!(
-        out,
-        "{} of {} dead letters in {dlq_topic}",
-        chosen.len(),
-        letters.len()
-    )?;
-    Ok(out)
+    let (mut chosen, mut examined) = (0, 0);
+    loop {
+        let letters = reader.next_chunk(LIST_CHUNK, false)?;
+        if letters.is_empty() {
+            break;
+        }
+        examined += letters.len();
+        for l in letters.iter().filter(|l| l.chosen(&args.filter)) {
+            if args.json {
+                let separator = if chosen == 0 { "\n  " } else { ",\n  " };
+                write!(out, "{separator}{}", l.json())?;
+            } else {
+                let key: String = l.key.as_deref().unwrap_or("-").chars().take(16).collect();
+                let message: String = l.message.chars().take(120).collect();
+                writeln!(
+                    out,
+                    "{:>9}  {:>8}  {:<24}  {:<16}  {:<16}  {}",
+                    l.partition,
+                    l.offset,
+                    l.time.map_or("-".into(), |t| t.to_rfc3339()),
+                    l.reason,
+                    key,
+                    message
+                )?;
+            }
+            chosen += 1;
+        }
+    }
+    if args.json {
+        writeln!(out, "{}]", if chosen == 0 { "" } else { "\n" })?;
+    } else {
+        writeln!(out, "{chosen} of {examined} dead letters in {dlq_topic}")?;
+    }
+    Ok(())
 }
 
 /// `dlq replay`: the plan, and with `--execute` the records produced back, in transactions of
@@ -301,34 +358,44 @@ pub fn replay(
     } else {
         None
     };
-    let (consumer, letters, ends) = read(kafka, dlq_topic, Some(&group))?;
-    let plan = Plan::of(&letters, &args.filter);
-    let mut out = plan.render(&group, dlq_topic, letters.len());
+    let mut reader = Reader::open(kafka, dlq_topic, Some(&group))?;
+    let mut plan = Plan::default();
+    let size = args.max_records.max(1);
     let Some(producer) = producer else {
+        loop {
+            let chunk = reader.next_chunk(size, false)?;
+            if chunk.is_empty() {
+                break;
+            }
+            plan.examine(&chunk, &args.filter);
+        }
+        let mut out = plan.render(&group, dlq_topic);
         writeln!(
             out,
             "dry run: nothing produced. Add --execute to produce {} records back and move the \
              group past all {} examined.",
-            plan.replay.len(),
-            letters.len()
+            plan.replayed, plan.examined
         )?;
         return Ok(out);
     };
-    let metadata = consumer
+    let metadata = reader
+        .consumer
         .group_metadata()
         .context("the replay group's metadata")?;
-    let size = args.max_records.max(1);
-    let chunks: Vec<&[DeadLetter]> = letters.chunks(size).collect();
-    let mut replayed = 0;
-    for (i, chunk) in chunks.iter().enumerate() {
-        let examined = i * size..i * size + chunk.len();
+    loop {
+        let chunk = reader.next_chunk(size, true)?;
+        let done = reader.done();
+        if chunk.is_empty() && plan.examined == 0 {
+            break; // nothing to examine: nothing to move
+        }
         // The group's position after this chunk: past its last dead letter of each partition,
-        // and, with the last chunk, the end offsets read at start (past transaction markers).
-        let offsets = if i + 1 == chunks.len() {
-            ends.clone()
+        // and, once every partition is read, the end offsets read at start (past transaction
+        // markers).
+        let offsets = if done {
+            reader.ends.clone()
         } else {
             let mut last = BTreeMap::new();
-            for l in chunk.iter() {
+            for l in &chunk {
                 last.insert(l.partition, l.offset + 1);
             }
             let mut tpl = TopicPartitionList::new();
@@ -337,76 +404,88 @@ pub fn replay(
             }
             tpl
         };
-        let in_chunk: Vec<&DeadLetter> = plan
-            .replay
-            .iter()
-            .filter(|(at, _)| examined.contains(at))
-            .map(|(_, l)| *l)
-            .collect();
+        let replayed = plan.replayed;
+        let in_chunk = plan.examine(&chunk, &args.filter);
         transaction(&producer, source_topic, &in_chunk, &offsets, &metadata).map_err(|e| {
             e.context(format!(
                 "after {replayed} records replayed in earlier transactions; run `dlq replay` \
                  without --execute to see what is left"
             ))
         })?;
-        replayed += in_chunk.len();
+        if done {
+            break;
+        }
     }
+    let mut out = plan.render(&group, dlq_topic);
     writeln!(
         out,
-        "replayed {replayed} records; replay group {group} is at the end of {dlq_topic}"
+        "replayed {} records; replay group {group} is at the end of {dlq_topic}",
+        plan.replayed
     )?;
     Ok(out)
 }
 
-/// What a replay does with the dead letters it examines.
-struct Plan<'a> {
-    /// The dead letters to replay, with their index among those examined.
-    replay: Vec<(usize, &'a DeadLetter)>,
+/// What a replay does with the dead letters it examines, counted chunk by chunk.
+#[derive(Default)]
+struct Plan {
+    examined: usize,
+    replayed: usize,
+    /// Replayed, by reason.
+    by_reason: BTreeMap<String, usize>,
     passed_over: usize,
     /// The same original dead-lettered twice (the sink retried a batch, or was stopped between
     /// the dead-letter produce and its commit): replayed once.
     duplicates: usize,
     trimmed: usize,
     no_value: usize,
+    /// The originals seen: (topic, by its index in `topics`; partition; offset), compact so that
+    /// a backlog of millions fits.
+    seen: std::collections::HashSet<(u32, Option<i32>, i64)>,
+    topics: Vec<Option<String>>,
 }
 
-impl<'a> Plan<'a> {
-    fn of(letters: &'a [DeadLetter], filter: &Filter) -> Plan<'a> {
-        let mut plan = Plan {
-            replay: Vec::new(),
-            passed_over: 0,
-            duplicates: 0,
-            trimmed: 0,
-            no_value: 0,
-        };
-        let mut seen = std::collections::HashSet::new();
-        for (i, l) in letters.iter().enumerate() {
+impl Plan {
+    /// Counts `chunk` in, and returns its dead letters to replay.
+    fn examine<'a>(&mut self, chunk: &'a [DeadLetter], filter: &Filter) -> Vec<&'a DeadLetter> {
+        let mut replay = Vec::new();
+        for l in chunk {
+            self.examined += 1;
             if !l.chosen(filter) {
-                plan.passed_over += 1;
+                self.passed_over += 1;
             } else if l.trimmed {
-                plan.trimmed += 1;
-            } else if l.value.is_none() {
-                plan.no_value += 1;
-            } else if l.original_offset.is_some()
-                && !seen.insert((l.topic.clone(), l.original_partition, l.original_offset))
-            {
-                plan.duplicates += 1;
+                self.trimmed += 1;
+            } else if !l.has_value {
+                self.no_value += 1;
+            } else if l.original_offset.is_some_and(|o| !self.first_time(l, o)) {
+                self.duplicates += 1;
             } else {
-                plan.replay.push((i, l));
+                self.replayed += 1;
+                *self.by_reason.entry(l.reason.clone()).or_default() += 1;
+                replay.push(l);
             }
         }
-        plan
+        replay
     }
 
-    fn render(&self, group: &str, dlq_topic: &str, examined: usize) -> String {
-        let mut by_reason: BTreeMap<&str, usize> = BTreeMap::new();
-        for (_, l) in &self.replay {
-            *by_reason.entry(&l.reason).or_default() += 1;
-        }
+    /// Whether the original of `l` (at `offset`) is seen for the first time.
+    fn first_time(&mut self, l: &DeadLetter, offset: i64) -> bool {
+        let topic = match self.topics.iter().position(|t| *t == l.topic) {
+            Some(i) => i,
+            None => {
+                self.topics.push(l.topic.clone());
+                self.topics.len() - 1
+            }
+        };
+        self.seen
+            .insert((topic as u32, l.original_partition, offset))
+    }
+
+    fn render(&self, group: &str, dlq_topic: &str) -> String {
         let mut out = format!(
-            "{examined} dead letters not yet examined by replay group {group} in {dlq_topic}\n"
+            "{} dead letters not yet examined by replay group {group} in {dlq_topic}\n",
+            self.examined
         );
-        for (reason, n) in &by_reason {
+        for (reason, n) in &self.by_reason {
             let _ = writeln!(out, "  replay {n:>6}  {reason}");
         }
         let lines = [

@@ -157,3 +157,138 @@ async fn dead_letters_are_listed_and_replayed_exactly_once_after_the_fix() {
     clean.stop().await;
     assert_eq!(dump(&db).await, dump(&reference).await);
 }
+
+/// The peak resident memory (VmHWM) of a running process, in bytes, if it still runs.
+fn peak_rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// Committed records of `topic` (one partition), counted as they are read.
+fn count_committed(stack: &Stack, topic: &str) -> usize {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let c: BaseConsumer = stack
+        .kafka_config(&[
+            ("group.id", "counter"),
+            ("isolation.level", "read_committed"),
+            ("enable.partition.eof", "true"),
+        ])
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, rdkafka::Offset::Beginning)
+        .unwrap();
+    c.assign(&tpl).unwrap();
+    let (mut n, deadline) = (
+        0,
+        std::time::Instant::now() + std::time::Duration::from_secs(120),
+    );
+    loop {
+        assert!(std::time::Instant::now() < deadline, "{n} records counted");
+        match c.poll(std::time::Duration::from_millis(500)) {
+            Some(Ok(_)) => n += 1,
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => return n,
+            Some(Err(e)) => panic!("{e}"),
+            None => {}
+        }
+    }
+}
+
+/// A backlog much larger than the memory the tool may use: 200,000 dead letters of 1.5 KB
+/// (300 MB) replayed by `dlq replay --execute` whose resident memory stays under 256 MiB, every
+/// one produced back once.
+#[tokio::test]
+async fn a_replay_of_200000_dead_letters_stays_under_256_mib() {
+    const LETTERS: usize = 200_000;
+    let stack = Stack::from_env().unwrap();
+    let topic = stack.create_topic(1).await.unwrap();
+    let dlq = format!("{topic}.dlq");
+    stack
+        .create_named_topic(&dlq, 1, Default::default())
+        .await
+        .unwrap();
+    let producer = stack.producer(&[("linger.ms", "50"), ("compression.type", "none")]);
+    let value: Vec<u8> = (0..1500).map(|i| (i * 7 % 251) as u8).collect();
+    for start in (0..LETTERS).step_by(10_000) {
+        let names: Vec<(String, String)> = (start..start + 10_000)
+            .map(|i| (format!("V{i:06}"), i.to_string()))
+            .collect();
+        let sends = names.iter().map(|(key, offset)| {
+            let headers = rdkafka::message::OwnedHeaders::new()
+                .insert(header_of("__connect.errors.topic", &topic))
+                .insert(header_of("__connect.errors.partition", "0"))
+                .insert(header_of("__connect.errors.offset", offset))
+                .insert(header_of(
+                    "__connect.errors.exception.class.name",
+                    "sink_connector::decode::DecodeError::unknown_schema",
+                ));
+            let record = rdkafka::producer::FutureRecord::to(&dlq)
+                .key(key.as_bytes())
+                .payload(value.as_slice())
+                .headers(headers);
+            let send = producer.send(record, std::time::Duration::from_secs(60));
+            async move { send.await.map_err(|(e, _)| e).unwrap() }
+        });
+        futures::future::join_all(sends).await;
+    }
+
+    let mut child =
+        tokio::process::Command::new(plumbing::testing::workspace_binary("sink-connector"))
+            .env_clear()
+            .env("KAFKA_BOOTSTRAP_SERVERS", &stack.kafka_bootstrap)
+            .args(["--topic", &topic, "--group-id", "big-backlog"])
+            .args(["dlq", "replay", "--execute"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+    let pid = child.id().unwrap();
+    let started = std::time::Instant::now();
+    let mut peak = 0;
+    while child.try_wait().unwrap().is_none() {
+        peak = peak.max(peak_rss(pid).unwrap_or(0));
+        assert!(started.elapsed() < std::time::Duration::from_secs(600));
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let out = child.wait_with_output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!(
+        "dlq replay of {LETTERS} dead letters of 1.5 KB: {:?}, peak RSS {} MiB",
+        started.elapsed(),
+        peak >> 20
+    );
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("replayed {LETTERS} records")),
+        "{stdout}"
+    );
+    assert!(
+        peak < 256 << 20,
+        "the replay's resident memory reached {} MiB",
+        peak >> 20
+    );
+    assert_eq!(
+        count_committed(&stack, &topic),
+        LETTERS,
+        "each replayed once"
+    );
+}
+
+fn header_of<'a>(key: &'a str, value: &'a str) -> rdkafka::message::Header<'a, &'a str> {
+    rdkafka::message::Header {
+        key,
+        value: Some(value),
+    }
+}
