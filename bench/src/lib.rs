@@ -217,8 +217,19 @@ impl Filled {
 /// (`linger.ms` 20), keyed by video id, values under our registered schema. End offsets come
 /// from the producer's delivery reports.
 pub async fn produce(stack: &Stack, data: &[TrendingVideo]) -> anyhow::Result<Filled> {
+    produce_to(stack, data, 6).await
+}
+
+/// As [`produce`], to a new topic of `partitions` partitions.
+pub async fn produce_to(
+    stack: &Stack,
+    data: &[TrendingVideo],
+    partitions: i32,
+) -> anyhow::Result<Filled> {
     let topic = unique("bench-");
-    stack.create_named_topic(&topic, 6, HashMap::new()).await?;
+    stack
+        .create_named_topic(&topic, partitions, HashMap::new())
+        .await?;
     let id = register(stack, &topic).await?;
     let producer: FutureProducer = stack
         .kafka_config(&[

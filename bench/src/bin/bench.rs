@@ -22,11 +22,14 @@
 //! 6. retention: a history of the three months before this one (`BENCH_RETENTION_PER_MONTH`
 //!    snapshots each, charts of 200), SNAPSHOT_RETENTION ending in the middle of the newest:
 //!    the time to drop the two older months' partitions, then to delete half a month by chart
-//!    (the round the sink runs), checked to leave exactly the rows after the horizon.
+//!    (the round the sink runs), checked to leave exactly the rows after the horizon;
+//! 7. bisection: one batch of `BENCH_BATCH` records written by the sink, clean and with one
+//!    record a `CHECK` refuses (the batch bisected until that record is alone), three times
+//!    each in turn; the batch's write time from the sink's own log.
 //!
 //! Settings: `BENCH_RECORDS` (1,000,000), `BENCH_BATCH` (5000), `BENCH_LATENCY_RATE` (records/s,
 //! 2000), `BENCH_LATENCY_SECS` (60), `BENCH_RETENTION_PER_MONTH` (500,000). End offsets come from
-//! the producer's delivery reports.
+//! the producer's delivery reports. `BENCH_STEP=bisection` runs step 7 alone.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -34,8 +37,8 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context};
 use bench::{
     check_tables, connect, drain, encode, ensure_release_bins, env_usize, expected_tables,
-    fresh_database, mib, our_sink, produce, records, register, release_bin, spawn_sink, stop,
-    Drain, Expected, Filled, Report, SinkRun, Usage,
+    fresh_database, mib, our_sink, produce, produce_to, records, register, release_bin, spawn_sink,
+    stop, Drain, Expected, Filled, Report, SinkRun, Usage,
 };
 use chrono::{DateTime, TimeZone, Utc};
 use plumbing::testing::{unique, Stack};
@@ -250,6 +253,122 @@ async fn sink_drain(
         sinks,
     )
     .await
+}
+
+/// Step 7's figures: the write time of one batch (ms), clean and holding one refused record.
+struct Bisection {
+    batch: usize,
+    clean_ms: Vec<f64>,
+    bisected_ms: Vec<f64>,
+    /// Transactions the bisected batch took.
+    transactions: u64,
+}
+
+/// The constraint step 7 adds (an operator's, as PostgreSQL sees it: validation knows nothing
+/// of it), and the view count of its refused record.
+const BISECTION_CHECK: &str = "ALTER TABLE video_snapshots ADD CONSTRAINT bench_views \
+     CHECK (view_count < 1000000000000)";
+const REFUSED_VIEWS: i64 = 4_242_000_000_000;
+
+/// Step 7: one batch of `batch` records through the sink, with one refused record or none.
+async fn bisection(stack: &Stack, batch: usize) -> anyhow::Result<Bisection> {
+    let mut figures = Bisection {
+        batch,
+        clean_ms: Vec::new(),
+        bisected_ms: Vec::new(),
+        transactions: 0,
+    };
+    for _ in 0..3 {
+        for refused in [false, true] {
+            let mut data = records(batch);
+            if refused {
+                data[batch / 2].view_count = Some(REFUSED_VIEWS);
+            }
+            let filled = produce_to(stack, &data, 1).await?;
+            let (ms, transactions) = one_batch(stack, &filled, batch).await?;
+            if refused {
+                figures.bisected_ms.push(ms);
+                figures.transactions = transactions;
+            } else {
+                figures.clean_ms.push(ms);
+            }
+        }
+    }
+    eprintln!(
+        "bench: bisection: a batch of {batch} written in {:?} ms clean, {:?} ms with one refused \
+         record ({} transactions)",
+        figures.clean_ms, figures.bisected_ms, figures.transactions
+    );
+    Ok(figures)
+}
+
+/// The sink's write time (ms) of the one batch `filled` holds, and the transactions it took.
+async fn one_batch(stack: &Stack, filled: &Filled, batch: usize) -> anyhow::Result<(f64, u64)> {
+    let db = fresh_database(stack).await?;
+    connect(&db.url)
+        .await?
+        .batch_execute(BISECTION_CHECK)
+        .await?;
+    let log = std::env::temp_dir().join(format!("{}.log", unique("bench-bisection-")));
+    let out = std::fs::File::create(&log)?;
+    let child = Command::new(release_bin("sink-connector"))
+        .env("DATABASE_URL", &db.url)
+        .env("KAFKA_TOPIC", &filled.topic)
+        .env("KAFKA_GROUP_ID", unique("bench-"))
+        .env("KAFKA_BOOTSTRAP_SERVERS", &stack.kafka_bootstrap)
+        .env("SCHEMA_REGISTRY_URL", &stack.registry_url)
+        .env("SINK_BATCH_MAX_RECORDS", batch.to_string())
+        .env("SINK_BATCH_MAX_WAIT", "5s")
+        .env("HTTP_ADDR", "127.0.0.1:0")
+        .env("LOG_FORMAT", "json")
+        .env("LOG_LEVEL", "warn,sink_connector=debug")
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .spawn()
+        .context("starting target/release/sink-connector")?;
+    let children = vec![child];
+    let started = Instant::now();
+    let found = loop {
+        let text = std::fs::read_to_string(&log)?;
+        let written = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|l| l["message"] == "Batch written and committed");
+        if let Some(line) = written {
+            let bisected = text
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .find(|l| {
+                    l["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("batch written in parts"))
+                });
+            break (line, bisected);
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            stop(children);
+            anyhow::bail!(
+                "bisection: the sink wrote no batch in 120 s; its log: {}",
+                log.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    stop(children);
+    let (line, bisected) = found;
+    ensure!(
+        line["records"].as_u64() == Some(batch as u64),
+        "bisection: the sink's first batch held {} records, not {batch}",
+        line["records"]
+    );
+    let ms = line["write_ms"]
+        .as_f64()
+        .context("write_ms in the sink's log")?;
+    let transactions = bisected
+        .and_then(|b| b["transactions"].as_u64())
+        .unwrap_or(1);
+    let _ = std::fs::remove_file(&log);
+    Ok((ms, transactions))
 }
 
 /// Produce-to-visible latency figures, in milliseconds.
@@ -551,6 +670,7 @@ struct Figures {
     tls: Drain,
     default_backoff: Drain,
     scaling: Vec<(usize, usize, Drain)>,
+    bisected: Bisection,
     lat: Latency,
     src: SourcePoll,
     kept: RetentionRound,
@@ -559,6 +679,12 @@ struct Figures {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // One step alone, to measure a change to it without the hour the whole run takes.
+    if std::env::var("BENCH_STEP").as_deref() == Ok("bisection") {
+        ensure_release_bins(&["sink-connector"])?;
+        bisection(&Stack::from_env()?, env_usize("BENCH_BATCH", 5000)).await?;
+        return Ok(());
+    }
     let figures = measure().await?;
     figures.report().finish("target/bench/latest.json")?;
     let missed = figures.missed_targets();
@@ -619,6 +745,7 @@ async fn measure() -> anyhow::Result<Figures> {
         let d = sink_drain(&stack, &filled, &expected, b.max(1), run).await?;
         scaling.push((b.max(1), instances, d));
     }
+    let bisected = bisection(&stack, batch).await?;
     let lat = latency(&stack, rate, latency_secs).await?;
     let src = source_poll(&stack).await?;
     let per_month = env_usize("BENCH_RETENTION_PER_MONTH", 500_000);
@@ -638,6 +765,7 @@ async fn measure() -> anyhow::Result<Figures> {
         tls,
         default_backoff,
         scaling,
+        bisected,
         lat,
         src,
         kept,
@@ -662,6 +790,7 @@ impl Figures {
             tls,
             default_backoff,
             scaling,
+            bisected,
             lat,
             src,
             kept,
@@ -748,6 +877,26 @@ impl Figures {
                 })
                 .collect(),
         )]);
+        let median = |v: &[f64]| {
+            let mut v = v.to_vec();
+            v.sort_by(f64::total_cmp);
+            v.get(v.len() / 2).copied().unwrap_or(0.0)
+        };
+        let (clean, refused) = (median(&bisected.clean_ms), median(&bisected.bisected_ms));
+        report.row(
+            format!(
+                "one batch of {} written: clean; one record refused, bisected (ms, median of 3; \
+                 transactions)",
+                bisected.batch
+            ),
+            format!("{clean:.0}; {refused:.0} ({})", bisected.transactions),
+            &[
+                ("bisection_batch", json!(bisected.batch)),
+                ("bisection_clean_ms", json!(bisected.clean_ms)),
+                ("bisection_refused_ms", json!(bisected.bisected_ms)),
+                ("bisection_transactions", json!(bisected.transactions)),
+            ],
+        );
         report.row(
             format!(
                 "produce-to-visible at {}/s, {} records: p50 / p99 / max (ms)",
